@@ -1,0 +1,82 @@
+# Makefile: lockstep's front door.  CMake + CTest do the work underneath.
+#
+#   make          build the library, tests, examples, benchmarks (build/)
+#   make demo     answer the original question and show the speed
+#   make test     every test: ctest on a release build and on sanitizer builds,
+#                 valgrind, the ucontext and aarch64 switch paths, and Python
+#   make bench    the full benchmark suite (QUICK=1 for a smoke run)
+#   make install  install into PREFIX (default /usr/local)
+#
+# Every target installs the Debian packages it needs, when they are missing.
+
+PREFIX ?= /usr/local
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+CMAKE_FLAGS ?=
+DEPS = scripts/deps.sh
+
+.PHONY: all build demo test test-release test-asan test-asan-clang test-tsan \
+        test-valgrind test-ucontext test-aarch64 bench install clean
+
+all: build
+
+# configure DIR EXTRA-FLAGS: configure a build tree once, then build it.
+define cmake_build
+	cmake -S . -B $(1) -DCMAKE_BUILD_TYPE=$(2) $(CMAKE_FLAGS) $(3) >/dev/null
+	cmake --build $(1) -j $(JOBS)
+endef
+
+build:
+	@$(DEPS) build
+	$(call cmake_build,build,RelWithDebInfo,)
+
+demo: build
+	@echo "== The question: sum and max of iter(range(1, 1000)), one pass, one iterator =="
+	@./build/examples/sum_max
+	@echo
+	@echo "== How fast, in C (N = 10^7 int64, sum and max) =="
+	@./build/bench/bench_c --demo
+
+test: test-release test-asan test-ucontext test-valgrind
+	@echo "make test: all suites passed"
+
+test-release: build
+	cd build && ctest --output-on-failure -j $(JOBS)
+
+test-asan:
+	@$(DEPS) build sanitize
+	$(call cmake_build,build-asan,Debug,-DLOCKSTEP_SANITIZE=address$(,)undefined -DLOCKSTEP_BUILD_BENCH=OFF)
+	cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  LOCKSTEP_TEST_SCALE=4 ctest --output-on-failure -j $(JOBS)
+
+test-asan-clang:
+	@$(DEPS) build sanitize
+	$(call cmake_build,build-asan-clang,Debug,-DCMAKE_C_COMPILER=clang -DLOCKSTEP_SANITIZE=address$(,)undefined -DLOCKSTEP_BUILD_BENCH=OFF)
+	cd build-asan-clang && LOCKSTEP_TEST_SCALE=4 ctest --output-on-failure -j $(JOBS)
+
+test-tsan:
+	@$(DEPS) build sanitize
+	$(call cmake_build,build-tsan,Debug,-DCMAKE_C_COMPILER=clang -DLOCKSTEP_SANITIZE=thread -DLOCKSTEP_BUILD_BENCH=OFF)
+	cd build-tsan && LOCKSTEP_TEST_SCALE=10 ctest --output-on-failure -j $(JOBS)
+
+test-ucontext:
+	@$(DEPS) build
+	$(call cmake_build,build-ucontext,RelWithDebInfo,-DLOCKSTEP_FORCE_UCONTEXT=ON -DLOCKSTEP_BUILD_BENCH=OFF)
+	cd build-ucontext && ctest --output-on-failure -j $(JOBS)
+
+test-valgrind: build
+	@$(DEPS) sanitize
+	cd build && LOCKSTEP_TEST_SCALE=100 LOCKSTEP_TEST_CASES=300 ctest --output-on-failure -j $(JOBS) \
+	  -T memcheck --overwrite MemoryCheckCommandOptions="--error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite,indirect" \
+	  -E thread
+
+bench: build
+	@$(DEPS) bench
+	./build/bench/bench_c $(if $(QUICK),--quick,--sweep)
+
+install: build
+	cmake --install build --prefix $(PREFIX)
+
+clean:
+	rm -rf build build-asan build-asan-clang build-tsan build-ucontext build-aarch64
+
+, := ,

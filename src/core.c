@@ -1,0 +1,629 @@
+/*
+ * core.c: lockstep's one scheduler.  It validates input, owns the window and
+ * the stream positions, counts live consumers, and decides the outcome of a
+ * run: the failure earliest in the stream wins, ties go to the lowest
+ * consumer index and then to the source.  lockstep_run is a thin pull loop
+ * over the push API.  Engines (fiber, thread, buffer, and the Python
+ * binding's greenlet engine) plug in through lockstep__engine_ops; the
+ * cooperative ones reuse lockstep__coop_* below.  Also here: the error
+ * table's functions and allocation with fault injection for tests.
+ */
+#include "internal.h"
+
+#include <stdatomic.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------------
+ * Errors, version, options.
+ * ------------------------------------------------------------------------ */
+
+/* Describes code; never returns NULL. */
+const char *lockstep_strerror(int code)
+{
+    switch (code) {
+#define LOCKSTEP__ERR_TEXT(name, value, text) case LOCKSTEP_##name: return text;
+        LOCKSTEP_ERRNO_MAP(LOCKSTEP__ERR_TEXT)
+#undef LOCKSTEP__ERR_TEXT
+    case 0:
+        return "success";
+    default:
+        return "unknown error";
+    }
+}
+
+/* Returns "LOCKSTEP_EINVAL" and so on, or NULL when code is not ours. */
+const char *lockstep_err_name(int code)
+{
+    switch (code) {
+#define LOCKSTEP__ERR_NAME(name, value, text) case LOCKSTEP_##name: return "LOCKSTEP_" #name;
+        LOCKSTEP_ERRNO_MAP(LOCKSTEP__ERR_NAME)
+#undef LOCKSTEP__ERR_NAME
+    default:
+        return NULL;
+    }
+}
+
+unsigned lockstep_version(void) { return LOCKSTEP_VERSION_HEX; }
+
+#define LOCKSTEP__STR2(x) #x
+#define LOCKSTEP__STR(x) LOCKSTEP__STR2(x)
+const char *lockstep_version_string(void)
+{
+    return LOCKSTEP__STR(LOCKSTEP_VERSION_MAJOR) "." LOCKSTEP__STR(LOCKSTEP_VERSION_MINOR) "."
+        LOCKSTEP__STR(LOCKSTEP_VERSION_PATCH);
+}
+
+/* Sets every field to its default; NULL is ignored. */
+void lockstep_options_init(lockstep_options *options)
+{
+    if (options == NULL)
+        return;
+    memset(options, 0, sizeof *options);
+    options->engine = LOCKSTEP_ENGINE_FIBER;
+}
+
+static const lockstep__engine_ops *engine_ops(lockstep_engine engine)
+{
+    switch (engine) {
+    case LOCKSTEP_ENGINE_FIBER: return &lockstep__engine_fiber;
+    case LOCKSTEP_ENGINE_THREAD: return &lockstep__engine_thread;
+    case LOCKSTEP_ENGINE_BUFFER: return &lockstep__engine_buffer;
+    default: return NULL;
+    }
+}
+
+const char *lockstep_engine_name(lockstep_engine engine)
+{
+    const lockstep__engine_ops *ops = engine_ops(engine);
+    return ops ? ops->name : NULL;
+}
+
+/* An engine is available when this build gave it an open function. */
+int lockstep_engine_available(lockstep_engine engine)
+{
+    const lockstep__engine_ops *ops = engine_ops(engine);
+    return ops != NULL && ops->open != NULL;
+}
+
+/* ------------------------------------------------------------------------
+ * Allocation with fault injection.  The hook is compiled into release
+ * builds, as SQLite's is: one relaxed load per acquisition is cheap, and it
+ * lets the tests prove that every failure path frees what it took.
+ * ------------------------------------------------------------------------ */
+
+static _Atomic long fault_countdown[LOCKSTEP__FAULT_KINDS];
+static _Atomic long fault_seen[LOCKSTEP__FAULT_KINDS];
+
+/* Counts one acquisition of kind; returns 1 when it is the armed one. */
+int lockstep__fault(int kind)
+{
+    if (NEVER(kind < 0 || kind >= LOCKSTEP__FAULT_KINDS))
+        return 0;
+    atomic_fetch_add_explicit(&fault_seen[kind], 1, memory_order_relaxed);
+    long n = atomic_load_explicit(&fault_countdown[kind], memory_order_relaxed);
+    while (n > 0) {
+        if (atomic_compare_exchange_weak_explicit(&fault_countdown[kind], &n, n - 1,
+                                                  memory_order_relaxed, memory_order_relaxed))
+            return n == 1;
+    }
+    return 0;
+}
+
+/* Arms the nth next acquisition of kind to fail (0 disarms) and returns
+ * how many acquisitions of kind were counted since the previous call. */
+long lockstep__fault_arm(int kind, long nth)
+{
+    if (kind < 0 || kind >= LOCKSTEP__FAULT_KINDS)
+        return LOCKSTEP_EINVAL;
+    atomic_store(&fault_countdown[kind], nth > 0 ? nth : 0);
+    return atomic_exchange(&fault_seen[kind], 0);
+}
+
+void *lockstep__malloc(size_t size)
+{
+    return lockstep__fault(LOCKSTEP__FAULT_ALLOC) ? NULL : malloc(size ? size : 1);
+}
+
+void *lockstep__calloc(size_t count, size_t size)
+{
+    return lockstep__fault(LOCKSTEP__FAULT_ALLOC) ? NULL : calloc(count ? count : 1, size ? size : 1);
+}
+
+void *lockstep__realloc(void *p, size_t size)
+{
+    return lockstep__fault(LOCKSTEP__FAULT_ALLOC) ? NULL : realloc(p, size ? size : 1);
+}
+
+void lockstep__free(void *p) { free(p); }
+
+/* ------------------------------------------------------------------------
+ * Outcome bookkeeping.
+ * ------------------------------------------------------------------------ */
+
+/* Keeps the failure that strict lockstep would meet first: the smallest
+ * position, then the smallest rank (consumers by index, then the source). */
+void lockstep__record_failure(lockstep_stream *s, uint64_t pos, size_t rank, int code)
+{
+    if (s->failed && (pos > s->fail_pos || (pos == s->fail_pos && rank >= s->fail_rank)))
+        return;
+    s->failed = 1;
+    s->fail_pos = pos;
+    s->fail_rank = rank;
+    s->fail_code = code;
+}
+
+/* Records that it's consumer returned rc.  A code returned after the
+ * consumer saw its run cancelled is ignored: the failure that cancelled it
+ * already decides the outcome. */
+void lockstep__consumer_finished(lockstep_iter *it, int rc)
+{
+    lockstep_stream *s = it->stream;
+    it->code = rc;
+    it->done = 1;
+    s->live--;
+    if (rc != 0 && !it->cancelled)
+        lockstep__record_failure(s, lockstep__iter_pos(it), it->index, rc);
+}
+
+/* The body of every cooperative consumer context. */
+void lockstep__consumer_main(lockstep_iter *it)
+{
+    int rc = it->consumer.fn(it, it->consumer.arg);
+    lockstep__consumer_finished(it, rc);
+}
+
+/* ------------------------------------------------------------------------
+ * The consumer side.
+ * ------------------------------------------------------------------------ */
+
+/* A stable address for iterators that have no range. */
+static const unsigned char empty_range[1];
+
+/* Leaves it with no items in hand at stream position pos. */
+static void iter_park(lockstep_iter *it, uint64_t pos)
+{
+    it->end_pos = pos;
+    it->cur = it->end = empty_range;
+}
+
+/* Points it at the window from position pos, stopping short of a realized
+ * failure so that no consumer receives an item at or past it. */
+void lockstep__iter_aim(lockstep_iter *it, uint64_t pos)
+{
+    lockstep_stream *s = it->stream;
+    uint64_t stop = s->base + s->filled;
+    if (s->failed && s->fail_pos < stop)
+        stop = s->fail_pos;
+    it->cur = s->win + (size_t)(pos - s->base) * it->item_size;
+    it->end = it->cur + (size_t)(stop - pos) * it->item_size;
+    it->end_pos = stop;
+}
+
+/* The decision lockstep_next makes when its range is used up. */
+const void *lockstep__next_step(lockstep_iter *it, int *must_wait)
+{
+    lockstep_stream *s = it->stream;
+    uint64_t pos = lockstep__iter_pos(it);
+    *must_wait = 0;
+    for (;;) {
+        if (s->failed && pos >= s->fail_pos) {
+            it->cancelled = 1;
+            iter_park(it, pos);
+            return NULL;
+        }
+        if (pos >= s->base && pos < s->base + s->filled) {
+            lockstep__iter_aim(it, pos);
+            const unsigned char *item = it->cur;
+            it->cur += it->item_size;
+            return item;
+        }
+        if (s->src_pending && pos == s->src_pos) {
+            /* Someone needs the item the source failed to produce. */
+            lockstep__record_failure(s, pos, LOCKSTEP__RANK_SOURCE, s->src_code);
+            continue;
+        }
+        if (s->ended) {
+            it->finished = 1;
+            iter_park(it, pos);
+            return NULL;
+        }
+        iter_park(it, pos);
+        *must_wait = 1;
+        return NULL;
+    }
+}
+
+/* The fast path is two compares and an add; everything else is the
+ * engine's slow path. */
+const void *lockstep_next(lockstep_iter *it)
+{
+    if (ALWAYS(it != NULL) && ALWAYS(it->cur < it->end)) {
+        const void *item = it->cur;
+        it->cur += it->item_size;
+        return item;
+    }
+    if (NEVER(it == NULL))
+        return NULL;
+    return it->stream->ops->next_slow(it);
+}
+
+int lockstep_cancelled(const lockstep_iter *it) { return it != NULL && it->cancelled; }
+
+uint64_t lockstep_position(const lockstep_iter *it) { return it ? lockstep__iter_pos(it) : 0; }
+
+size_t lockstep_index(const lockstep_iter *it) { return it ? it->index : 0; }
+
+/* ------------------------------------------------------------------------
+ * Cooperative engines: the scheduler context resumes each live consumer in
+ * index order; a consumer suspends when its window is used up.
+ * ------------------------------------------------------------------------ */
+
+/* Allocates the window and contexts, then starts every consumer so that it
+ * runs up to its first lockstep_next.  Frees everything on failure. */
+int lockstep__coop_open(lockstep_stream *s)
+{
+    int rc = LOCKSTEP_ENOMEM;
+    size_t created = 0;
+    s->cap = s->window;
+    s->win = lockstep__malloc(s->cap * s->item_size);
+    s->order = lockstep__malloc(s->n * sizeof *s->order);
+    if (s->win == NULL || s->order == NULL)
+        goto fail;
+    for (; created < s->n; created++) {
+        rc = s->ops->coop_create(s, &s->iters[created]);
+        if (rc < 0)
+            goto fail;
+        s->iters[created].started = 1;
+        s->order[created] = created;
+    }
+    s->n_order = s->n;
+    return s->ops->dispatch(s);
+fail:
+    while (created > 0)
+        s->ops->coop_destroy(s, &s->iters[--created]);
+    lockstep__free(s->order);
+    lockstep__free(s->win);
+    s->order = NULL;
+    s->win = NULL;
+    return rc;
+}
+
+/* A round lets every live consumer, in index order, take what the window
+ * offers.  round_begin returns the first consumer to run (or NULL), and
+ * makes it current. */
+lockstep_iter *lockstep__round_begin(lockstep_stream *s)
+{
+    s->dispatching = 1;
+    s->cursor = 0;
+    return lockstep__round_next(s);
+}
+
+/* Returns the next live consumer of this round and makes it current, or
+ * NULL when the round is over and control belongs to the producer. */
+lockstep_iter *lockstep__round_next(lockstep_stream *s)
+{
+    while (s->cursor < s->n_order) {
+        lockstep_iter *it = &s->iters[s->order[s->cursor++]];
+        if (ALWAYS(!it->done)) {
+            s->current = it;
+            return it;
+        }
+    }
+    s->current = NULL;
+    return NULL;
+}
+
+/* Ends the round: drops consumers that returned from the order list and
+ * hands the window back to the producer. */
+void lockstep__round_end(lockstep_stream *s)
+{
+    size_t kept = 0;
+    for (size_t k = 0; k < s->n_order; k++)
+        if (!s->iters[s->order[k]].done)
+            s->order[kept++] = s->order[k];
+    s->n_order = kept;
+    s->current = NULL;
+    s->dispatching = 0;
+    lockstep__window_consumed(s);
+}
+
+/* The generic round: the scheduler resumes each consumer in turn and each
+ * suspends back to it. */
+int lockstep__coop_dispatch(lockstep_stream *s)
+{
+    int rc = 0;
+    for (lockstep_iter *it = lockstep__round_begin(s); it != NULL && rc == 0;
+         it = lockstep__round_next(s))
+        rc = s->ops->coop_resume(s, it);
+    lockstep__round_end(s);
+    return rc;
+}
+
+/* The stream has ended: one more round lets every consumer see the end (or
+ * its cancellation) and return, because lockstep_next never waits once the
+ * stream has ended. */
+int lockstep__coop_finish(lockstep_stream *s)
+{
+    int rc = s->ops->dispatch(s);
+    if (rc == 0 && NEVER(s->live != 0))
+        rc = LOCKSTEP_ESTATE;
+    return rc;
+}
+
+/* Frees every context, the order list and the window. */
+void lockstep__coop_destroy(lockstep_stream *s)
+{
+    for (size_t i = 0; i < s->n; i++)
+        if (s->iters[i].started)
+            s->ops->coop_destroy(s, &s->iters[i]);
+    lockstep__free(s->order);
+    lockstep__free(s->win);
+    s->order = NULL;
+    s->win = NULL;
+}
+
+/* Consumer side of a cooperative engine: suspend until the window moves. */
+const void *lockstep__coop_next_slow(lockstep_iter *it)
+{
+    lockstep_stream *s = it->stream;
+    if (NEVER(s->current != it)) {
+        s->misuse = LOCKSTEP_EPERM;
+        return NULL;
+    }
+    for (;;) {
+        int must_wait;
+        const void *item = lockstep__next_step(it, &must_wait);
+        if (!must_wait)
+            return item;
+        int rc = s->ops->coop_suspend(s, it);
+        if (NEVER(rc < 0)) {
+            lockstep__record_failure(s, lockstep__iter_pos(it), LOCKSTEP__RANK_LIBRARY, rc);
+        }
+    }
+}
+
+/* The producer may reuse the window: its items now lie behind every
+ * consumer that is still running. */
+void lockstep__window_consumed(lockstep_stream *s)
+{
+    s->base += s->filled;
+    s->filled = 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Streams: open, push, fail, close, and lockstep_run on top.
+ * ------------------------------------------------------------------------ */
+
+/* Smallest stack we accept: lockstep's own frames plus a signal frame need
+ * a few KiB, and a consumer needs room of its own. */
+#define LOCKSTEP__MIN_STACK_SIZE ((size_t)16 * 1024)
+/* Largest stack we accept, to catch size typos. */
+#define LOCKSTEP__MAX_STACK_SIZE ((size_t)1 << 30)
+/* Largest window in bytes: anything past this is a typo, not a plan. */
+#define LOCKSTEP__MAX_WINDOW_BYTES ((size_t)1 << 40)
+
+/* Checks everything lockstep_open is given, before anything is allocated. */
+static int validate(const lockstep__engine_ops *ops, size_t item_size,
+                    const lockstep_consumer *consumers, size_t n, const lockstep_options *o)
+{
+    if (ops == NULL || item_size == 0 || (n > 0 && consumers == NULL))
+        return LOCKSTEP_EINVAL;
+    if (n > SIZE_MAX / sizeof(lockstep_iter))
+        return LOCKSTEP_EINVAL;
+    for (size_t i = 0; i < n; i++)
+        if (consumers[i].fn == NULL)
+            return LOCKSTEP_EINVAL;
+    size_t window = o->window ? o->window : LOCKSTEP_DEFAULT_WINDOW;
+    if (window > LOCKSTEP_MAX_WINDOW || item_size > LOCKSTEP__MAX_WINDOW_BYTES / window)
+        return LOCKSTEP_EINVAL;
+    if (o->stack_size != 0 &&
+        (o->stack_size < LOCKSTEP__MIN_STACK_SIZE || o->stack_size > LOCKSTEP__MAX_STACK_SIZE))
+        return LOCKSTEP_EINVAL;
+    for (size_t i = 0; i < sizeof o->reserved / sizeof o->reserved[0]; i++)
+        if (o->reserved[i] != NULL)
+            return LOCKSTEP_EINVAL;
+    if (ops->open == NULL)
+        return LOCKSTEP_ENOTSUP;
+    return 0;
+}
+
+/* Fills in the caller's report, if it asked for one. */
+static void write_report(const lockstep_options *o, int code, long failed, uint64_t position,
+                         uint64_t items_read, size_t window)
+{
+    if (o == NULL || o->report == NULL)
+        return;
+    o->report->code = code;
+    o->report->failed = failed;
+    o->report->position = position;
+    o->report->items_read = items_read;
+    o->report->window = window;
+    o->report->engine = o->engine;
+}
+
+int lockstep__open_ops(lockstep_stream **out, const lockstep__engine_ops *ops, void *engine_arg,
+                       size_t item_size, const lockstep_consumer *consumers, size_t n,
+                       const lockstep_options *options)
+{
+    lockstep_options defaults;
+    if (options == NULL) {
+        lockstep_options_init(&defaults);
+        options = &defaults;
+    }
+    if (out == NULL)
+        return LOCKSTEP_EINVAL;
+    *out = NULL;
+    int rc = validate(ops, item_size, consumers, n, options);
+    if (rc < 0)
+        goto fail;
+    rc = LOCKSTEP_ENOMEM;
+    lockstep_stream *s = lockstep__calloc(1, sizeof *s);
+    if (s == NULL)
+        goto fail;
+    s->iters = lockstep__calloc(n, sizeof *s->iters);
+    if (s->iters == NULL) {
+        lockstep__free(s);
+        goto fail;
+    }
+    s->ops = ops;
+    s->engine_arg = engine_arg;
+    s->opts = *options;
+    s->item_size = item_size;
+    s->window = options->window ? options->window : LOCKSTEP_DEFAULT_WINDOW;
+    s->n = n;
+    s->live = n;
+    for (size_t i = 0; i < n; i++) {
+        lockstep_iter *it = &s->iters[i];
+        it->stream = s;
+        it->item_size = item_size;
+        it->index = i;
+        it->consumer = consumers[i];
+        iter_park(it, 0);
+    }
+    rc = ops->open(s);
+    if (rc < 0) {
+        lockstep__free(s->iters);
+        lockstep__free(s);
+        goto fail;
+    }
+    *out = s;
+    return 0;
+fail:
+    write_report(options, rc, LOCKSTEP_FAILED_LIBRARY, 0, 0, 0);
+    return rc;
+}
+
+int lockstep_open(lockstep_stream **out, size_t item_size, const lockstep_consumer *consumers,
+                  size_t n_consumers, const lockstep_options *options)
+{
+    lockstep_engine engine = options ? options->engine : LOCKSTEP_ENGINE_FIBER;
+    return lockstep__open_ops(out, engine_ops(engine), NULL, item_size, consumers, n_consumers,
+                              options);
+}
+
+long lockstep_live(const lockstep_stream *s)
+{
+    if (s == NULL)
+        return LOCKSTEP_EINVAL;
+    if (s->failed || s->src_pending || s->ended)
+        return 0;
+    return (long)s->live;
+}
+
+/* Push and close may not be called from inside one of the stream's own
+ * consumers, nor after the producer failed or the stream closed. */
+static int check_producer(const lockstep_stream *s)
+{
+    if (s == NULL)
+        return LOCKSTEP_EINVAL;
+    if (s->dispatching || s->ended)
+        return LOCKSTEP_ESTATE;
+    return 0;
+}
+
+/* Hands the full window to the engine.  An engine failure (say, memory
+ * for the buffer engine) cancels the run at the current position. */
+static int dispatch(lockstep_stream *s)
+{
+    int rc = s->ops->dispatch(s);
+    if (rc < 0)
+        lockstep__record_failure(s, s->read, LOCKSTEP__RANK_LIBRARY, rc);
+    return rc;
+}
+
+long lockstep_push(lockstep_stream *s, const void *items, size_t count)
+{
+    int rc = check_producer(s);
+    if (rc < 0)
+        return rc;
+    if (count > 0 && items == NULL)
+        return LOCKSTEP_EINVAL;
+    if (s->src_pending)
+        return LOCKSTEP_ESTATE;
+    const unsigned char *p = items;
+    while (count > 0 && lockstep_live(s) > 0) {
+        size_t room = s->cap - s->filled;
+        size_t take = count < room ? count : room;
+        memcpy(s->win + s->filled * s->item_size, p, take * s->item_size);
+        s->filled += take;
+        s->read += take;
+        p += take * s->item_size;
+        count -= take;
+        if (s->filled == s->cap && (rc = dispatch(s)) < 0)
+            return rc;
+    }
+    return lockstep_live(s);
+}
+
+int lockstep_fail(lockstep_stream *s, int code)
+{
+    int rc = check_producer(s);
+    if (rc < 0)
+        return rc;
+    if (code == 0)
+        return LOCKSTEP_EINVAL;
+    if (s->src_pending)
+        return LOCKSTEP_ESTATE;
+    s->src_pending = 1;
+    s->src_pos = s->read;
+    s->src_code = code;
+    return 0;
+}
+
+int lockstep_close(lockstep_stream *s)
+{
+    int rc = check_producer(s);
+    if (rc < 0)
+        return rc;
+    s->ended = 1;
+    rc = s->ops->finish(s);
+    if (rc < 0)
+        lockstep__record_failure(s, s->read, LOCKSTEP__RANK_LIBRARY, rc);
+
+    int code = 0;
+    long failed = LOCKSTEP_FAILED_NONE;
+    uint64_t position = s->read;
+    if (s->failed) {
+        code = s->fail_code;
+        position = s->fail_pos;
+        failed = s->fail_rank == LOCKSTEP__RANK_SOURCE    ? LOCKSTEP_FAILED_SOURCE
+                 : s->fail_rank == LOCKSTEP__RANK_LIBRARY ? LOCKSTEP_FAILED_LIBRARY
+                                                          : (long)s->fail_rank;
+    } else if (s->misuse) {
+        code = s->misuse;
+        failed = LOCKSTEP_FAILED_LIBRARY;
+    }
+    write_report(&s->opts, code, failed, position, s->read, s->window);
+    s->ops->destroy(s);
+    lockstep__free(s->iters);
+    lockstep__free(s);
+    return code;
+}
+
+int lockstep_run(lockstep_source_fn source, void *source_arg, size_t item_size,
+                 const lockstep_consumer *consumers, size_t n_consumers,
+                 const lockstep_options *options)
+{
+    lockstep_stream *s;
+    if (source == NULL) {
+        write_report(options, LOCKSTEP_EINVAL, LOCKSTEP_FAILED_LIBRARY, 0, 0, 0);
+        return LOCKSTEP_EINVAL;
+    }
+    int rc = lockstep_open(&s, item_size, consumers, n_consumers, options);
+    if (rc < 0)
+        return rc;
+    /* Pull one item at a time straight into the window, so that no item is
+     * read unless some consumer may still want it. */
+    while (lockstep_live(s) > 0) {
+        rc = source(source_arg, s->win + s->filled * s->item_size);
+        if (rc != 1) {
+            if (rc != 0)
+                lockstep_fail(s, rc);
+            break;
+        }
+        s->read++;
+        if (++s->filled == s->cap && dispatch(s) < 0)
+            break;
+    }
+    return lockstep_close(s);
+}

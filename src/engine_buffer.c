@@ -1,0 +1,85 @@
+/*
+ * engine_buffer.c: the reference engine.  It reads the whole stream into a
+ * growing array first, then runs each consumer to completion in index
+ * order on the caller's own stack.  It is the "buffer" strategy of the
+ * problem statement and the oracle the tests compare the other engines to.
+ * By definition it ignores the pull bound (it reads everything) and cannot
+ * handle infinite sources, but it keeps the deterministic outcome: the core
+ * cancels each consumer at the winning failure's position.
+ */
+#include "internal.h"
+
+/* Initial capacity in items: a page's worth of small items, so short
+ * streams never reallocate. */
+#define BUFFER_INITIAL_ITEMS 512
+
+/* Allocates the first stretch of the array.  Consumers start at close. */
+static int buffer_open(lockstep_stream *s)
+{
+    size_t cap = BUFFER_INITIAL_ITEMS;
+    if (s->item_size > SIZE_MAX / cap)
+        cap = 1;
+    s->win = lockstep__malloc(cap * s->item_size);
+    if (s->win == NULL)
+        return LOCKSTEP_ENOMEM;
+    s->cap = cap;
+    return 0;
+}
+
+/* The array is full: double it.  Items are never handed over early. */
+static int buffer_grow(lockstep_stream *s)
+{
+    if (s->cap > SIZE_MAX / 2 / s->item_size)
+        return LOCKSTEP_ENOMEM;
+    unsigned char *grown = lockstep__realloc(s->win, s->cap * 2 * s->item_size);
+    if (grown == NULL)
+        return LOCKSTEP_ENOMEM;
+    s->win = grown;
+    s->cap *= 2;
+    return 0;
+}
+
+/* Runs each consumer over everything read, one after another. */
+static int buffer_finish(lockstep_stream *s)
+{
+    for (size_t i = 0; i < s->n; i++) {
+        lockstep_iter *it = &s->iters[i];
+        s->current = it;
+        s->dispatching = 1;
+        int rc = it->consumer.fn(it, it->consumer.arg);
+        s->dispatching = 0;
+        s->current = NULL;
+        lockstep__consumer_finished(it, rc);
+    }
+    return 0;
+}
+
+static void buffer_destroy(lockstep_stream *s)
+{
+    lockstep__free(s->win);
+    s->win = NULL;
+}
+
+/* Everything is already in the array, so a consumer never waits. */
+static const void *buffer_next_slow(lockstep_iter *it)
+{
+    lockstep_stream *s = it->stream;
+    int must_wait;
+    if (NEVER(s->current != it)) {
+        s->misuse = LOCKSTEP_EPERM;
+        return NULL;
+    }
+    const void *item = lockstep__next_step(it, &must_wait);
+    if (NEVER(must_wait))
+        s->misuse = LOCKSTEP_ESTATE;
+    return item;
+}
+
+const lockstep__engine_ops lockstep__engine_buffer = {
+    .name = "buffer",
+    .open = buffer_open,
+    .dispatch = buffer_grow,
+    .finish = buffer_finish,
+    .destroy = buffer_destroy,
+    .next_slow = buffer_next_slow,
+};

@@ -1,0 +1,121 @@
+/*
+ * engine_fiber.c: the default engine.  Each consumer runs on its own fiber
+ * (src/fiber.c); the producer's context fills a window, then resumes every
+ * live consumer in turn.  A consumer that has taken the whole window hands
+ * control straight to the next live consumer, and the last one back to the
+ * producer: n + 1 switches a window instead of 2n.  Which consumer comes
+ * next, and what lockstep_next returns, is the core's decision
+ * (lockstep__round_*, lockstep__next_step); only the switching is here.
+ */
+#include "fiber.h"
+#include "internal.h"
+
+typedef struct {
+    lockstep__fiber scheduler; /* the producer's context, saved while a consumer runs */
+    lockstep__fiber *fibers;   /* one per consumer */
+    size_t stack_size;
+} fiber_engine;
+
+/* The context to run after it: the next live consumer, or the producer. */
+static lockstep__fiber *following(lockstep_stream *s)
+{
+    fiber_engine *e = s->engine;
+    lockstep_iter *next = lockstep__round_next(s);
+    return next ? next->engine_data : &e->scheduler;
+}
+
+/* Every consumer fiber starts here and leaves for good at the end. */
+static void fiber_entry(void *arg)
+{
+    lockstep_iter *it = arg;
+    lockstep__consumer_main(it);
+    lockstep__fiber_exit(it->engine_data, following(it->stream));
+}
+
+/* One round: run the first live consumer; the others follow by hand-off. */
+static int fiber_dispatch(lockstep_stream *s)
+{
+    fiber_engine *e = s->engine;
+    lockstep_iter *first = lockstep__round_begin(s);
+    if (first != NULL)
+        lockstep__fiber_switch(&e->scheduler, first->engine_data);
+    lockstep__round_end(s);
+    return 0;
+}
+
+/* Consumer side: when the window is used up, pass control on. */
+static const void *fiber_next_slow(lockstep_iter *it)
+{
+    lockstep_stream *s = it->stream;
+    if (NEVER(s->current != it)) {
+        s->misuse = LOCKSTEP_EPERM;
+        return NULL;
+    }
+    for (;;) {
+        int must_wait;
+        const void *item = lockstep__next_step(it, &must_wait);
+        if (!must_wait)
+            return item;
+        lockstep__fiber_switch(it->engine_data, following(s));
+    }
+}
+
+static int fiber_open(lockstep_stream *s)
+{
+    fiber_engine *e = lockstep__calloc(1, sizeof *e);
+    if (e == NULL)
+        return LOCKSTEP_ENOMEM;
+    e->fibers = lockstep__calloc(s->n, sizeof *e->fibers);
+    if (e->fibers == NULL) {
+        lockstep__free(e);
+        return LOCKSTEP_ENOMEM;
+    }
+    e->stack_size = s->opts.stack_size ? s->opts.stack_size : LOCKSTEP_DEFAULT_STACK_SIZE;
+    lockstep__fiber_init_current(&e->scheduler);
+    s->engine = e;
+    int rc = lockstep__coop_open(s);
+    if (rc < 0) {
+        lockstep__free(e->fibers);
+        lockstep__free(e);
+        s->engine = NULL;
+    }
+    return rc;
+}
+
+static void fiber_destroy_all(lockstep_stream *s)
+{
+    fiber_engine *e = s->engine;
+    lockstep__coop_destroy(s);
+    lockstep__fiber_destroy(&e->scheduler);
+    lockstep__free(e->fibers);
+    lockstep__free(e);
+    s->engine = NULL;
+}
+
+static int fiber_create(lockstep_stream *s, lockstep_iter *it)
+{
+    fiber_engine *e = s->engine;
+    lockstep__fiber *f = &e->fibers[it->index];
+    int rc = lockstep__fiber_create(f, e->stack_size, fiber_entry, it);
+    if (rc == 0)
+        it->engine_data = f;
+    return rc;
+}
+
+static void fiber_free(lockstep_stream *s, lockstep_iter *it)
+{
+    (void)s;
+    lockstep__fiber_destroy(it->engine_data);
+    it->engine_data = NULL;
+}
+
+const lockstep__engine_ops lockstep__engine_fiber = {
+    .name = "fiber",
+    .open = fiber_open,
+    .dispatch = fiber_dispatch,
+    .finish = lockstep__coop_finish,
+    .destroy = fiber_destroy_all,
+    .next_slow = fiber_next_slow,
+    .coop_create = fiber_create,
+    .coop_destroy = fiber_free,
+};

@@ -1,0 +1,69 @@
+/*
+ * fiber.h: lockstep's private stackful-coroutine primitive, used by the fiber
+ * engine (src/engine_fiber.c).  A fiber is a register context plus, for
+ * fibers we create, an mmap'ed stack with a guard page below it.  The switch
+ * itself is per-architecture assembly (src/arch/switch_*.S) or, when the
+ * build forces it or the architecture has no assembly, glibc's ucontext.
+ *
+ * Rules: a fiber never migrates between threads; every switch names both the
+ * fiber being left and the one being entered; a finished fiber leaves with
+ * lockstep__fiber_exit so sanitizers can forget its stack.
+ */
+#ifndef LOCKSTEP_FIBER_H
+#define LOCKSTEP_FIBER_H
+
+#include <stddef.h>
+
+#if defined(LOCKSTEP_FORCE_UCONTEXT) || !(defined(__x86_64__) || defined(__aarch64__))
+#  define LOCKSTEP_FIBER_UCONTEXT 1
+#  include <ucontext.h>
+#endif
+
+typedef void (*lockstep__fiber_entry)(void *arg);
+
+typedef struct lockstep__fiber {
+#ifdef LOCKSTEP_FIBER_UCONTEXT
+    ucontext_t uc;
+#else
+    void *sp;                  /* saved stack pointer while switched out */
+#endif
+    void *stack_map;           /* mmap'ed region (guard page + stack), NULL for a thread's own stack */
+    size_t map_size;
+    void *stack_lo, *stack_hi; /* usable stack bounds */
+    lockstep__fiber_entry entry;
+    void *arg;
+    /* Sanitizer and valgrind bookkeeping; unused fields cost nothing. */
+    void *asan_fake_stack;
+    const void *asan_bottom;
+    size_t asan_size;
+    void *tsan_fiber;
+    int tsan_owned;
+    unsigned valgrind_id;
+    void *guard_slot;          /* entry in fiber.c's guard-page registry, or NULL */
+} lockstep__fiber;
+
+/* Makes f stand for the calling thread's current stack, so it can be
+ * switched away from and back to.  Allocates nothing. */
+void lockstep__fiber_init_current(lockstep__fiber *f);
+
+/* Prepares f to run entry(arg) on a fresh stack of at least stack_size
+ * bytes (rounded up to whole pages) with a PROT_NONE guard page below.
+ * entry must never return: it ends with lockstep__fiber_exit.  Returns 0,
+ * LOCKSTEP_EINVAL for a zero or absurd size, or LOCKSTEP_ENOMEM. */
+int lockstep__fiber_create(lockstep__fiber *f, size_t stack_size,
+                           lockstep__fiber_entry entry, void *arg);
+
+/* Saves the running context into from and resumes to.  Returns when some
+ * other fiber switches back to from. */
+void lockstep__fiber_switch(lockstep__fiber *from, lockstep__fiber *to);
+
+/* Like lockstep__fiber_switch, for a fiber that has finished: it is never
+ * resumed again, and sanitizers are told its stack is gone. */
+void lockstep__fiber_exit(lockstep__fiber *from, lockstep__fiber *to)
+    __attribute__((noreturn));
+
+/* Frees f's stack.  f must not be running.  Safe on a zeroed or
+ * init_current fiber. */
+void lockstep__fiber_destroy(lockstep__fiber *f);
+
+#endif /* LOCKSTEP_FIBER_H */

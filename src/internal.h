@@ -1,0 +1,196 @@
+/*
+ * internal.h: what the scheduler (src/core.c) shares with its engines and
+ * with the Python binding.  Nothing here is public API.
+ *
+ * The scheduler owns the window, the stream positions, the live-consumer
+ * count and the outcome (which failure wins).  An engine only decides how
+ * consumers get to run: on fibers, on threads, on greenlets, or one after
+ * another after buffering everything.  Engines plug in through
+ * lockstep__engine_ops; cooperative engines (fiber, greenlet) supply three
+ * context primitives and reuse the core's dispatch loop and slow path.
+ */
+#ifndef LOCKSTEP_INTERNAL_H
+#define LOCKSTEP_INTERNAL_H
+
+#include "lockstep.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+
+/* SQLite-style defensive checks: they stay on in release builds, and say
+ * which way the condition is expected to go. */
+#define ALWAYS(x) __builtin_expect(!!(x), 1)
+#define NEVER(x) __builtin_expect(!!(x), 0)
+
+/* Rank of the source in failure ties: after every consumer. */
+#define LOCKSTEP__RANK_SOURCE ((size_t)-1)
+#define LOCKSTEP__RANK_LIBRARY ((size_t)-2)
+
+struct lockstep_iter {
+    /* Fast path: lockstep_next returns cur and advances it while cur < end. */
+    const unsigned char *cur;
+    const unsigned char *end;
+    size_t item_size;
+    lockstep_stream *stream;
+    uint64_t end_pos;                /* stream position of the item at end */
+    size_t index;
+    lockstep_consumer consumer;
+    unsigned done : 1;               /* the consumer function has returned */
+    unsigned cancelled : 1;          /* lockstep_next returned NULL because of a failure */
+    unsigned finished : 1;           /* lockstep_next returned NULL at the end of the stream */
+    unsigned started : 1;            /* the engine has made its context */
+    int code;                        /* what the consumer returned */
+    void *engine_data;               /* the engine's per-consumer context */
+};
+
+/* Stream position of the next item it will receive.  The slow path always
+ * has cur == end, so it never pays for the division. */
+static inline uint64_t lockstep__iter_pos(const lockstep_iter *it)
+{
+    if (it->cur == it->end)
+        return it->end_pos;
+    return it->end_pos - (uint64_t)(it->end - it->cur) / it->item_size;
+}
+
+typedef struct lockstep__engine_ops lockstep__engine_ops;
+
+enum { LOCKSTEP__OPEN = 0, LOCKSTEP__CLOSING, LOCKSTEP__FAILED_OPEN };
+
+struct lockstep_stream {
+    const lockstep__engine_ops *ops;
+    void *engine;                    /* engine-private state */
+    void *engine_arg;                /* for engines plugged in from outside (Python) */
+    size_t item_size;
+    size_t window;                   /* requested window, after defaults */
+    size_t n;                        /* consumers */
+    lockstep_iter *iters;            /* n of them */
+    lockstep_iter *current;          /* consumer now running, cooperative engines */
+
+    /* The window: items [base, base + filled) live at win.  Producers write
+     * at win + filled; when filled reaches cap the engine's dispatch runs. */
+    unsigned char *win;
+    size_t cap;
+    size_t filled;
+    uint64_t base;
+    uint64_t read;                   /* items accepted so far */
+
+    size_t live;                     /* consumers that have not returned */
+    size_t *order;                   /* cooperative engines: live consumers, in index order */
+    size_t n_order;
+    size_t cursor;                   /* cooperative engines: next entry of order to run */
+    int ended;                       /* no item at or after position read */
+    int state;
+    int dispatching;                 /* re-entrancy guard for push/close */
+
+    /* The outcome: the best realized failure so far, by (position, rank). */
+    int failed;
+    uint64_t fail_pos;
+    size_t fail_rank;
+    int fail_code;
+    /* A source error met while reading ahead: it counts only once some
+     * consumer asks for the item at src_pos. */
+    int src_pending;
+    uint64_t src_pos;
+    int src_code;
+    int misuse;                      /* LOCKSTEP_EPERM when an iterator was misused */
+
+    lockstep_options opts;
+};
+
+struct lockstep__engine_ops {
+    const char *name;
+    /* Allocates engine state, and starts every consumer so that it runs up
+     * to its first lockstep_next.  Returns 0 or a negative code, having freed
+     * what it allocated. */
+    int (*open)(lockstep_stream *s);
+    /* The window holds s->filled items and is full, or the stream ended, or
+     * a failure was realized: let consumers take what they can.  On return
+     * the producer may write at s->win + s->filled (the engine may reset
+     * filled, advance base, move win or grow cap).  Returns 0 or a negative
+     * library code. */
+    int (*dispatch)(lockstep_stream *s);
+    /* s->ended is set: run every consumer to completion. */
+    int (*finish)(lockstep_stream *s);
+    /* Frees engine state.  Every consumer has returned or never started. */
+    void (*destroy)(lockstep_stream *s);
+    /* Consumer side: it->cur == it->end.  Returns the next item or NULL. */
+    const void *(*next_slow)(lockstep_iter *it);
+
+    /* Cooperative engines only (used by lockstep__coop_*): */
+    /* Makes a context in which lockstep__consumer_main(it) will run. */
+    int (*coop_create)(lockstep_stream *s, lockstep_iter *it);
+    /* From the scheduler, runs it until it suspends or returns. */
+    int (*coop_resume)(lockstep_stream *s, lockstep_iter *it);
+    /* From inside it, returns control to the scheduler. */
+    int (*coop_suspend)(lockstep_stream *s, lockstep_iter *it);
+    /* Frees it's context; it has returned or never started. */
+    void (*coop_destroy)(lockstep_stream *s, lockstep_iter *it);
+};
+
+extern const lockstep__engine_ops lockstep__engine_fiber;
+extern const lockstep__engine_ops lockstep__engine_buffer;
+extern const lockstep__engine_ops lockstep__engine_thread;
+
+/* --- Scheduler services for engines (src/core.c) ------------------------ */
+
+/* Opens a stream on an explicit engine: how lockstep_open and the Python
+ * binding start a run.  engine_arg is stored in s->engine_arg. */
+int lockstep__open_ops(lockstep_stream **out, const lockstep__engine_ops *ops, void *engine_arg,
+                       size_t item_size, const lockstep_consumer *consumers, size_t n,
+                       const lockstep_options *options);
+
+/* Records a failure at stream position pos by rank (consumer index or
+ * LOCKSTEP__RANK_SOURCE); keeps whichever is earliest.  Not thread-safe:
+ * threaded engines call it under their own lock. */
+void lockstep__record_failure(lockstep_stream *s, uint64_t pos, size_t rank, int code);
+
+/* Records that it's consumer returned rc (not thread-safe). */
+void lockstep__consumer_finished(lockstep_iter *it, int rc);
+
+/* Runs the consumer's function and records how it ended.  Engines call it
+ * as the body of each consumer's context. */
+void lockstep__consumer_main(lockstep_iter *it);
+
+/* Makes it->cur/end cover the window from stream position pos. */
+void lockstep__iter_aim(lockstep_iter *it, uint64_t pos);
+
+/* One step of the generic slow path, with no waiting: returns the next
+ * item, or NULL with *must_wait set when the consumer must wait for the
+ * window to advance, or NULL (end or cancel) with *must_wait clear. */
+const void *lockstep__next_step(lockstep_iter *it, int *must_wait);
+
+/* Cooperative engines: dispatch (resume each live consumer in index order),
+ * finish, and the consumer-side slow path built on coop_suspend. */
+int lockstep__coop_open(lockstep_stream *s);
+int lockstep__coop_dispatch(lockstep_stream *s);
+int lockstep__coop_finish(lockstep_stream *s);
+void lockstep__coop_destroy(lockstep_stream *s);
+const void *lockstep__coop_next_slow(lockstep_iter *it);
+
+/* Rounds, for cooperative engines that hand control from one consumer
+ * straight to the next: begin returns the first consumer to run, next the
+ * one after the current (NULL: back to the producer), end tidies up. */
+lockstep_iter *lockstep__round_begin(lockstep_stream *s);
+lockstep_iter *lockstep__round_next(lockstep_stream *s);
+void lockstep__round_end(lockstep_stream *s);
+
+/* Where the producer's window ended up: base advances by filled. */
+void lockstep__window_consumed(lockstep_stream *s);
+
+/* --- Allocation, with fault injection (src/core.c) ---------------------- */
+
+enum { LOCKSTEP__FAULT_ALLOC = 0, LOCKSTEP__FAULT_MMAP, LOCKSTEP__FAULT_THREAD, LOCKSTEP__FAULT_KINDS };
+
+/* Returns 1 when the test hook says this acquisition of kind must fail. */
+int lockstep__fault(int kind);
+/* Test hook: the nth acquisition (1-based) of kind from now on fails;
+ * 0 disarms.  Returns how many acquisitions of kind happened since the last
+ * call, so a test can learn how many fault points a run has. */
+LOCKSTEP_API long lockstep__fault_arm(int kind, long nth);
+
+void *lockstep__malloc(size_t size);
+void *lockstep__calloc(size_t count, size_t size);
+void *lockstep__realloc(void *p, size_t size);
+void lockstep__free(void *p);
+
+#endif /* LOCKSTEP_INTERNAL_H */

@@ -1,0 +1,846 @@
+/*
+ * conformance.c: the one conformance suite every engine must pass.  Run it
+ * as `test_conformance ENGINE` (fiber, thread or buffer).  It covers the
+ * semantics the README promises: order, early exit and the pull bound,
+ * cancellation, the deterministic outcome, push API, nesting, bad input,
+ * misuse, scale, and allocation failure.  Beyond hand-written cases it runs
+ * thousands of random scripted runs and compares each with an independent
+ * model of strict lockstep and with the buffer engine (the oracle).
+ */
+#include "check.h"
+#include "internal.h" /* lockstep__fault_arm, for the allocation-failure test */
+#include "lockstep.h"
+
+#include <inttypes.h>
+#include <stdint.h>
+#include <string.h>
+
+static lockstep_engine engine;
+static int is_buffer; /* the buffer engine is exempt from the pull bound */
+
+/* ------------------------------------------------------------------------
+ * Sources.
+ * ------------------------------------------------------------------------ */
+
+/* Yields 0, 1, 2, ... up to limit (UINT64_MAX: forever); fails with
+ * fail_code when asked for item fail_at. */
+typedef struct {
+    uint64_t next, limit, fail_at;
+    int fail_code;
+    uint64_t pulls; /* calls that produced an item */
+} counter_source;
+
+static int counter_pull(void *arg, void *item)
+{
+    counter_source *src = arg;
+    if (src->next == src->fail_at)
+        return src->fail_code;
+    if (src->next >= src->limit)
+        return 0;
+    *(int64_t *)item = (int64_t)src->next++;
+    src->pulls++;
+    return 1;
+}
+
+static counter_source counter(uint64_t limit)
+{
+    counter_source s = {0, limit, UINT64_MAX, 0, 0};
+    return s;
+}
+
+/* ------------------------------------------------------------------------
+ * Scripted consumers: the building block of the model-based tests.
+ * ------------------------------------------------------------------------ */
+
+enum { SUM, STOP_AT, FAIL_AT, NEST_AT };
+
+typedef struct {
+    int kind;
+    uint64_t k;     /* STOP_AT/FAIL_AT/NEST_AT: after receiving k items */
+    int fail_code;
+    /* observed */
+    int64_t sum, max;
+    uint64_t count;
+    uint64_t order_errors;
+    int saw_cancel, saw_end, returned;
+    int nest_rc;
+} script;
+
+static void script_init(script *sc, int kind, uint64_t k, int fail_code)
+{
+    memset(sc, 0, sizeof *sc);
+    sc->kind = kind;
+    sc->k = k;
+    sc->fail_code = fail_code;
+    sc->max = INT64_MIN;
+}
+
+static int sum_max_consumer(lockstep_iter *it, void *arg);
+
+/* Runs a small inner run from inside a consumer (nesting). */
+static int nested_run(void)
+{
+    script inner[2];
+    script_init(&inner[0], SUM, 0, 0);
+    script_init(&inner[1], STOP_AT, 7, 0);
+    lockstep_consumer cs[2] = {{sum_max_consumer, &inner[0]}, {sum_max_consumer, &inner[1]}};
+    counter_source src = counter(100);
+    lockstep_options o = LOCKSTEP_OPTIONS_INIT;
+    o.engine = engine;
+    o.window = 3;
+    int rc = lockstep_run(counter_pull, &src, sizeof(int64_t), cs, 2, &o);
+    if (rc != 0 || inner[0].sum != 4950 || inner[1].count != 7)
+        return rc ? rc : -1;
+    return 0;
+}
+
+/* Consumes int64 items that should equal their stream position, keeping
+ * sum, max and count, and stops, fails or nests as scripted. */
+static int sum_max_consumer(lockstep_iter *it, void *arg)
+{
+    script *sc = arg;
+    for (;;) {
+        if (sc->kind == STOP_AT && sc->count == sc->k)
+            break;
+        if (sc->kind == FAIL_AT && sc->count == sc->k) {
+            sc->returned = 1;
+            return sc->fail_code;
+        }
+        if (sc->kind == NEST_AT && sc->count == sc->k && sc->nest_rc == 0)
+            sc->nest_rc = nested_run() ? -1 : 1;
+        const int64_t *item = lockstep_next(it);
+        if (item == NULL) {
+            sc->saw_cancel = lockstep_cancelled(it);
+            sc->saw_end = !sc->saw_cancel;
+            break;
+        }
+        if ((uint64_t)*item != sc->count || lockstep_position(it) != sc->count + 1)
+            sc->order_errors++;
+        sc->sum += *item;
+        if (*item > sc->max)
+            sc->max = *item;
+        sc->count++;
+    }
+    sc->returned = 1;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * The model: what strict lockstep gives, computed without running anything.
+ * ------------------------------------------------------------------------ */
+
+typedef struct {
+    int code;
+    long failed;
+    uint64_t position;
+    uint64_t last_stop; /* where the last consumer stops when nothing fails */
+} outcome;
+
+/* Where consumer sc stops on its own in a stream of n items. */
+static uint64_t natural_end(const script *sc, uint64_t n)
+{
+    if (sc->kind == STOP_AT || sc->kind == FAIL_AT)
+        return sc->k < n ? sc->k : n;
+    return n;
+}
+
+static outcome model(const script *sc, size_t count, const counter_source *src)
+{
+    outcome m = {0, LOCKSTEP_FAILED_NONE, 0, 0};
+    uint64_t n = src->fail_at < src->limit ? src->fail_at : src->limit;
+    for (size_t i = 0; i < count; i++) {
+        uint64_t end = natural_end(&sc[i], n);
+        if (end > m.last_stop)
+            m.last_stop = end;
+        if (sc[i].kind == FAIL_AT && sc[i].k <= n &&
+            (m.failed == LOCKSTEP_FAILED_NONE || sc[i].k < m.position)) {
+            m.failed = (long)i;
+            m.position = sc[i].k;
+            m.code = sc[i].fail_code;
+        }
+    }
+    /* The source's failure counts when some consumer asks for that item
+     * and no consumer failed at or before it. */
+    if (src->fail_at != UINT64_MAX && src->fail_at <= src->limit) {
+        int wanted = 0;
+        for (size_t i = 0; i < count; i++)
+            if (sc[i].kind == SUM || sc[i].kind == NEST_AT || sc[i].k > src->fail_at)
+                wanted = 1;
+        if (wanted && (m.failed == LOCKSTEP_FAILED_NONE || m.position > src->fail_at)) {
+            m.failed = LOCKSTEP_FAILED_SOURCE;
+            m.position = src->fail_at;
+            m.code = src->fail_code;
+        }
+    }
+    return m;
+}
+
+/* Checks one finished run against the model, consumer by consumer. */
+static void check_against_model(const script *sc, size_t count, const counter_source *src,
+                                int rc, const lockstep_report *rep, size_t window)
+{
+    outcome m = model(sc, count, src);
+    CHECK_EQ(rc, m.code);
+    CHECK_EQ(rep->code, rc);
+    CHECK_EQ(rep->failed, m.failed);
+    if (m.failed != LOCKSTEP_FAILED_NONE)
+        CHECK_EQ(rep->position, m.position);
+    uint64_t n = src->fail_at < src->limit ? src->fail_at : src->limit;
+    for (size_t i = 0; i < count; i++) {
+        uint64_t end = natural_end(&sc[i], n);
+        CHECK(sc[i].returned);
+        CHECK_EQ(sc[i].order_errors, 0);
+        /* Untouched by the failure: it stops on its own before the failure's
+         * position, or exactly there without asking for more. */
+        int stops_itself = (sc[i].kind == STOP_AT || sc[i].kind == FAIL_AT) && sc[i].k == end;
+        int untouched = m.failed == LOCKSTEP_FAILED_NONE || end < m.position ||
+                        (end == m.position && stops_itself);
+        uint64_t reached = untouched ? end : m.position;
+        if (sc[i].kind == NEST_AT && sc[i].k < reached)
+            CHECK_EQ(sc[i].nest_rc, 1);
+        if (untouched) {
+            /* Exactly its own items. */
+            CHECK_EQ(sc[i].count, end);
+            CHECK_EQ(sc[i].sum, (int64_t)(end * (end ? end - 1 : 0) / 2));
+            CHECK_EQ(sc[i].saw_cancel, 0);
+        } else if ((long)i != m.failed) {
+            /* Cancelled: it saw at least every item before the failure and
+             * knew it was cancelled, unless an engine ran it to its own end
+             * before the failure was known. */
+            CHECK(sc[i].count >= m.position && sc[i].count <= end);
+            CHECK(sc[i].saw_cancel || sc[i].count == end);
+        }
+    }
+    if (m.failed == LOCKSTEP_FAILED_NONE && !is_buffer) {
+        /* The pull bound: nothing more than window - 1 past the last stop. */
+        uint64_t w = window ? window : LOCKSTEP_DEFAULT_WINDOW;
+        CHECK(src->pulls >= m.last_stop);
+        CHECK(src->pulls <= m.last_stop + w - 1);
+        CHECK_EQ(rep->items_read, src->pulls);
+    }
+}
+
+/* ------------------------------------------------------------------------
+ * Hand-written cases.
+ * ------------------------------------------------------------------------ */
+
+static lockstep_options opts(size_t window, lockstep_report *rep)
+{
+    lockstep_options o;
+    lockstep_options_init(&o);
+    o.engine = engine;
+    o.window = window;
+    o.report = rep;
+    return o;
+}
+
+/* The original question: sum and max of 1..999 in one pass. */
+typedef struct {
+    int next;
+} range_source;
+
+static int range_pull(void *arg, void *item)
+{
+    range_source *r = arg;
+    if (r->next >= 1000)
+        return 0;
+    *(int64_t *)item = r->next++;
+    return 1;
+}
+
+static int sum_fn(lockstep_iter *it, void *arg)
+{
+    const int64_t *x;
+    while ((x = lockstep_next(it)) != NULL)
+        *(int64_t *)arg += *x;
+    return 0;
+}
+
+static int max_fn(lockstep_iter *it, void *arg)
+{
+    const int64_t *x;
+    while ((x = lockstep_next(it)) != NULL)
+        if (*x > *(int64_t *)arg)
+            *(int64_t *)arg = *x;
+    return 0;
+}
+
+static void test_sum_and_max(void)
+{
+    static const size_t windows[] = {1, 2, 7, 0, 999, 1000, 5000};
+    for (size_t w = 0; w < sizeof windows / sizeof windows[0]; w++) {
+        range_source r = {1};
+        int64_t sum = 0, max = 0;
+        lockstep_consumer cs[] = {{sum_fn, &sum}, {max_fn, &max}};
+        lockstep_report rep;
+        lockstep_options o = opts(windows[w], &rep);
+        CHECK_EQ(lockstep_run(range_pull, &r, sizeof(int64_t), cs, 2, &o), 0);
+        CHECK_EQ(sum, 499500);
+        CHECK_EQ(max, 999);
+        CHECK_EQ(rep.items_read, 999);
+        CHECK_EQ(rep.failed, LOCKSTEP_FAILED_NONE);
+        CHECK_EQ(rep.window, windows[w] ? windows[w] : LOCKSTEP_DEFAULT_WINDOW);
+    }
+}
+
+static void test_zero_consumers_and_items(void)
+{
+    counter_source src = counter(100);
+    lockstep_options o = opts(0, NULL);
+    CHECK_EQ(lockstep_run(counter_pull, &src, 8, NULL, 0, &o), 0);
+    CHECK_EQ(src.pulls, 0);
+
+    script sc[2];
+    script_init(&sc[0], SUM, 0, 0);
+    script_init(&sc[1], SUM, 0, 0);
+    lockstep_consumer cs[2] = {{sum_max_consumer, &sc[0]}, {sum_max_consumer, &sc[1]}};
+    src = counter(0);
+    CHECK_EQ(lockstep_run(counter_pull, &src, 8, cs, 2, &o), 0);
+    CHECK(sc[0].returned && sc[1].returned && sc[0].saw_end && sc[1].saw_end);
+    CHECK_EQ(sc[0].count + sc[1].count, 0);
+}
+
+/* A consumer that returns before asking for anything costs no pull. */
+static int return_at_once(lockstep_iter *it, void *arg)
+{
+    (void)it;
+    (void)arg;
+    return 0;
+}
+
+static void test_early_exit_and_infinite_source(void)
+{
+    for (size_t w = 1; w <= 64; w *= 4) {
+        script sc[3];
+        script_init(&sc[0], STOP_AT, 10, 0);
+        script_init(&sc[1], STOP_AT, 3, 0);
+        script_init(&sc[2], STOP_AT, 25, 0);
+        lockstep_consumer cs[3] = {{sum_max_consumer, &sc[0]},
+                                   {sum_max_consumer, &sc[1]},
+                                   {sum_max_consumer, &sc[2]}};
+        counter_source src = counter(is_buffer ? 1000 : UINT64_MAX);
+        lockstep_report rep;
+        lockstep_options o = opts(w, &rep);
+        CHECK_EQ(lockstep_run(counter_pull, &src, 8, cs, 3, &o), 0);
+        CHECK_EQ(sc[0].count, 10);
+        CHECK_EQ(sc[1].count, 3);
+        CHECK_EQ(sc[2].count, 25);
+        CHECK_EQ(sc[2].sum, 300);
+        if (!is_buffer) {
+            CHECK(src.pulls >= 25 && src.pulls <= 25 + w - 1);
+            if (w == 1)
+                CHECK_EQ(src.pulls, 25);
+        }
+    }
+    lockstep_consumer none[2] = {{return_at_once, NULL}, {return_at_once, NULL}};
+    counter_source src = counter(UINT64_MAX);
+    lockstep_options o = opts(1, NULL);
+    if (!is_buffer) {
+        CHECK_EQ(lockstep_run(counter_pull, &src, 8, none, 2, &o), 0);
+        CHECK_EQ(src.pulls, 0);
+    }
+}
+
+static void test_failures(void)
+{
+    /* Consumer 1 fails at 10: the others are cancelled there. */
+    for (size_t w = 1; w <= 256; w *= 16) {
+        script sc[3];
+        script_init(&sc[0], SUM, 0, 0);
+        script_init(&sc[1], FAIL_AT, 10, 42);
+        script_init(&sc[2], SUM, 0, 0);
+        lockstep_consumer cs[3] = {{sum_max_consumer, &sc[0]},
+                                   {sum_max_consumer, &sc[1]},
+                                   {sum_max_consumer, &sc[2]}};
+        counter_source src = counter(1000);
+        lockstep_report rep;
+        lockstep_options o = opts(w, &rep);
+        CHECK_EQ(lockstep_run(counter_pull, &src, 8, cs, 3, &o), 42);
+        CHECK_EQ(rep.failed, 1);
+        CHECK_EQ(rep.position, 10);
+        CHECK(sc[0].returned && sc[2].returned);
+        CHECK(sc[2].saw_cancel && sc[2].count == 10);
+        CHECK(sc[0].saw_cancel || is_buffer);
+        check_against_model(sc, 3, &src, 42, &rep, w);
+    }
+    /* Ties: the lowest index wins; a consumer beats the source. */
+    {
+        script sc[3];
+        script_init(&sc[0], SUM, 0, 0);
+        script_init(&sc[1], FAIL_AT, 5, 11);
+        script_init(&sc[2], FAIL_AT, 5, 22);
+        lockstep_consumer cs[3] = {{sum_max_consumer, &sc[0]},
+                                   {sum_max_consumer, &sc[1]},
+                                   {sum_max_consumer, &sc[2]}};
+        counter_source src = counter(100);
+        src.fail_at = 5;
+        src.fail_code = -7;
+        lockstep_report rep;
+        lockstep_options o = opts(4, &rep);
+        CHECK_EQ(lockstep_run(counter_pull, &src, 8, cs, 3, &o), 11);
+        CHECK_EQ(rep.failed, 1);
+    }
+    /* The source fails at 50: items before it are delivered. */
+    {
+        script sc[2];
+        script_init(&sc[0], SUM, 0, 0);
+        script_init(&sc[1], STOP_AT, 20, 0);
+        lockstep_consumer cs[2] = {{sum_max_consumer, &sc[0]}, {sum_max_consumer, &sc[1]}};
+        counter_source src = counter(100);
+        src.fail_at = 50;
+        src.fail_code = -9;
+        lockstep_report rep;
+        lockstep_options o = opts(64, &rep);
+        CHECK_EQ(lockstep_run(counter_pull, &src, 8, cs, 2, &o), -9);
+        CHECK_EQ(rep.failed, LOCKSTEP_FAILED_SOURCE);
+        CHECK_EQ(rep.position, 50);
+        CHECK_EQ(sc[0].count, 50);
+        CHECK(sc[0].saw_cancel);
+        CHECK_EQ(sc[1].count, 20);
+    }
+    /* A source error met while reading ahead is ignored when nobody needs
+     * that item. */
+    {
+        script sc[1];
+        script_init(&sc[0], STOP_AT, 40, 0);
+        lockstep_consumer cs[1] = {{sum_max_consumer, &sc[0]}};
+        counter_source src = counter(100);
+        src.fail_at = 50;
+        src.fail_code = -9;
+        lockstep_options o = opts(64, NULL);
+        CHECK_EQ(lockstep_run(counter_pull, &src, 8, cs, 1, &o), 0);
+        CHECK_EQ(sc[0].count, 40);
+    }
+}
+
+/* Each consumer keeps its previous pointer and checks it until the next
+ * call: items are copied whole, and stay valid as promised. */
+typedef struct {
+    unsigned char bytes[1000];
+} big_item;
+
+typedef struct {
+    uint64_t next;
+    uint64_t limit;
+} big_source;
+
+static int big_pull(void *arg, void *item)
+{
+    big_source *b = arg;
+    if (b->next == b->limit)
+        return 0;
+    memset(item, (int)(b->next % 251), sizeof(big_item));
+    b->next++;
+    return 1;
+}
+
+static int big_consumer(lockstep_iter *it, void *arg)
+{
+    long *errors = arg;
+    const big_item *item;
+    uint64_t i = 0;
+    while ((item = lockstep_next(it)) != NULL) {
+        for (size_t b = 0; b < sizeof item->bytes; b += 97)
+            if (item->bytes[b] != (unsigned char)(i % 251))
+                (*errors)++;
+        i++;
+    }
+    return i == 3000 ? 0 : 1;
+}
+
+static void test_big_items(void)
+{
+    long errors[3] = {0, 0, 0};
+    lockstep_consumer cs[3] = {{big_consumer, &errors[0]}, {big_consumer, &errors[1]},
+                               {big_consumer, &errors[2]}};
+    big_source b = {0, 3000};
+    lockstep_options o = opts(33, NULL);
+    CHECK_EQ(lockstep_run(big_pull, &b, sizeof(big_item), cs, 3, &o), 0);
+    CHECK_EQ(errors[0] + errors[1] + errors[2], 0);
+}
+
+static void test_nesting(void)
+{
+    script sc[3];
+    script_init(&sc[0], NEST_AT, 0, 0);
+    script_init(&sc[1], NEST_AT, 77, 0);
+    script_init(&sc[2], SUM, 0, 0);
+    lockstep_consumer cs[3] = {{sum_max_consumer, &sc[0]},
+                               {sum_max_consumer, &sc[1]},
+                               {sum_max_consumer, &sc[2]}};
+    counter_source src = counter(500);
+    lockstep_report rep;
+    lockstep_options o = opts(16, &rep);
+    CHECK_EQ(lockstep_run(counter_pull, &src, 8, cs, 3, &o), 0);
+    CHECK_EQ(sc[0].nest_rc, 1);
+    CHECK_EQ(sc[1].nest_rc, 1);
+    check_against_model(sc, 3, &src, 0, &rep, 16);
+}
+
+static int noop_pull(void *arg, void *item)
+{
+    (void)arg;
+    (void)item;
+    return 0;
+}
+
+static void test_bad_input(void)
+{
+    lockstep_consumer ok[1] = {{return_at_once, NULL}};
+    lockstep_consumer null_fn[2] = {{return_at_once, NULL}, {NULL, NULL}};
+    lockstep_options o = opts(0, NULL);
+    CHECK_EQ(lockstep_run(NULL, NULL, 8, ok, 1, &o), LOCKSTEP_EINVAL);
+    CHECK_EQ(lockstep_run(noop_pull, NULL, 0, ok, 1, &o), LOCKSTEP_EINVAL);
+    CHECK_EQ(lockstep_run(noop_pull, NULL, 8, NULL, 1, &o), LOCKSTEP_EINVAL);
+    CHECK_EQ(lockstep_run(noop_pull, NULL, 8, null_fn, 2, &o), LOCKSTEP_EINVAL);
+    CHECK_EQ(lockstep_run(noop_pull, NULL, 8, ok, SIZE_MAX, &o), LOCKSTEP_EINVAL);
+    o.window = SIZE_MAX;
+    CHECK_EQ(lockstep_run(noop_pull, NULL, 8, ok, 1, &o), LOCKSTEP_EINVAL);
+    o.window = LOCKSTEP_MAX_WINDOW;
+    CHECK_EQ(lockstep_run(noop_pull, NULL, SIZE_MAX / 2, ok, 1, &o), LOCKSTEP_EINVAL);
+    o.window = 0;
+    o.stack_size = 100;
+    CHECK_EQ(lockstep_run(noop_pull, NULL, 8, ok, 1, &o), LOCKSTEP_EINVAL);
+    o.stack_size = 0;
+    o.reserved[0] = &o;
+    CHECK_EQ(lockstep_run(noop_pull, NULL, 8, ok, 1, &o), LOCKSTEP_EINVAL);
+    o.reserved[0] = NULL;
+    o.engine = (lockstep_engine)99;
+    CHECK_EQ(lockstep_run(noop_pull, NULL, 8, ok, 1, &o), LOCKSTEP_EINVAL);
+    CHECK(lockstep_next(NULL) == NULL);
+    CHECK_EQ(lockstep_cancelled(NULL), 0);
+    lockstep_stream *s = NULL;
+    CHECK_EQ(lockstep_open(NULL, 8, ok, 1, NULL), LOCKSTEP_EINVAL);
+    CHECK_EQ(lockstep_push(NULL, "x", 1), LOCKSTEP_EINVAL);
+    CHECK_EQ(lockstep_fail(NULL, 1), LOCKSTEP_EINVAL);
+    CHECK_EQ(lockstep_close(NULL), LOCKSTEP_EINVAL);
+    CHECK_EQ(lockstep_live(NULL), LOCKSTEP_EINVAL);
+    (void)s;
+}
+
+/* Misuse: consumer 1 calls lockstep_next on consumer 0's iterator. */
+static lockstep_iter *stolen;
+
+static int stash_iter(lockstep_iter *it, void *arg)
+{
+    (void)arg;
+    stolen = it;
+    while (lockstep_next(it) != NULL) {
+    }
+    return 0;
+}
+
+static int use_stolen(lockstep_iter *it, void *arg)
+{
+    int *got_null = arg;
+    while (lockstep_next(it) != NULL) {
+    }
+    *got_null = lockstep_next(stolen) == NULL;
+    return 0;
+}
+
+static void test_misuse(void)
+{
+    int got_null = 0;
+    lockstep_consumer cs[2] = {{stash_iter, NULL}, {use_stolen, &got_null}};
+    counter_source src = counter(10);
+    lockstep_report rep;
+    lockstep_options o = opts(4, &rep);
+    CHECK_EQ(lockstep_run(counter_pull, &src, 8, cs, 2, &o), LOCKSTEP_EPERM);
+    CHECK(got_null);
+    CHECK_EQ(rep.failed, LOCKSTEP_FAILED_LIBRARY);
+}
+
+/* Push API: the producer learns when nobody is left, and misuse is
+ * refused. */
+typedef struct {
+    lockstep_stream *stream;
+    long push_rc, close_rc;
+} reentry;
+
+static int reenter(lockstep_iter *it, void *arg)
+{
+    reentry *r = arg;
+    int64_t x = 1;
+    if (lockstep_next(it) != NULL) {
+        r->push_rc = lockstep_push(r->stream, &x, 1);
+        r->close_rc = lockstep_close(r->stream);
+    }
+    while (lockstep_next(it) != NULL) {
+    }
+    return 0;
+}
+
+static void test_push(void)
+{
+    script sc[2];
+    script_init(&sc[0], STOP_AT, 5, 0);
+    script_init(&sc[1], STOP_AT, 12, 0);
+    lockstep_consumer cs[2] = {{sum_max_consumer, &sc[0]}, {sum_max_consumer, &sc[1]}};
+    lockstep_report rep;
+    lockstep_options o = opts(4, &rep);
+    lockstep_stream *s;
+    CHECK_EQ(lockstep_open(&s, sizeof(int64_t), cs, 2, &o), 0);
+    long live = lockstep_live(s);
+    CHECK_EQ(live, is_buffer ? 2 : 2);
+    int64_t x = 0;
+    uint64_t pushed = 0;
+    while (pushed < 1000 && (live = lockstep_push(s, &x, 1)) > 0) {
+        x++;
+        pushed++;
+    }
+    if (!is_buffer) {
+        CHECK_EQ(live, 0);
+        CHECK(pushed >= 11 && pushed <= 12 + 4);
+    }
+    CHECK_EQ(lockstep_close(s), 0);
+    CHECK_EQ(sc[0].count, 5);
+    CHECK_EQ(sc[1].count, 12);
+    CHECK_EQ(sc[1].sum, 66);
+
+    /* Bulk push, then a producer failure at 30. */
+    script_init(&sc[0], SUM, 0, 0);
+    script_init(&sc[1], SUM, 0, 0);
+    CHECK_EQ(lockstep_open(&s, sizeof(int64_t), cs, 2, &o), 0);
+    int64_t items[30];
+    for (int i = 0; i < 30; i++)
+        items[i] = i;
+    CHECK_EQ(lockstep_push(s, items, 30), 2);
+    CHECK_EQ(lockstep_push(s, NULL, 1), LOCKSTEP_EINVAL);
+    CHECK_EQ(lockstep_fail(s, 0), LOCKSTEP_EINVAL);
+    CHECK_EQ(lockstep_fail(s, -5), 0);
+    CHECK_EQ(lockstep_fail(s, -6), LOCKSTEP_ESTATE);
+    CHECK_EQ(lockstep_push(s, items, 1), LOCKSTEP_ESTATE);
+    CHECK_EQ(lockstep_live(s), 0);
+    CHECK_EQ(lockstep_close(s), -5);
+    CHECK_EQ(rep.failed, LOCKSTEP_FAILED_SOURCE);
+    CHECK_EQ(rep.position, 30);
+    CHECK_EQ(sc[0].count, 30);
+    CHECK(sc[0].saw_cancel && sc[1].saw_cancel);
+
+    /* Push or close from inside a consumer is refused. */
+    reentry r = {NULL, 0, 0};
+    lockstep_consumer rc[1] = {{reenter, &r}};
+    CHECK_EQ(lockstep_open(&r.stream, sizeof(int64_t), rc, 1, &o), 0);
+    CHECK_EQ(lockstep_push(r.stream, items, 30), is_buffer ? 1 : 1);
+    CHECK_EQ(lockstep_close(r.stream), 0);
+    CHECK_EQ(r.push_rc, LOCKSTEP_ESTATE);
+    CHECK_EQ(r.close_rc, LOCKSTEP_ESTATE);
+}
+
+/* Random scripted runs against the model and the buffer oracle. */
+static uint64_t rng_state = 0x9e3779b97f4a7c15u;
+
+static uint64_t rnd(uint64_t bound)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return bound ? rng_state % bound : 0;
+}
+
+static int run_scripted(lockstep_engine e, script *sc, size_t count, counter_source *src,
+                        size_t window, int use_push, lockstep_report *rep)
+{
+    lockstep_consumer cs[8];
+    for (size_t i = 0; i < count; i++) {
+        cs[i].fn = sum_max_consumer;
+        cs[i].arg = &sc[i];
+    }
+    lockstep_options o;
+    lockstep_options_init(&o);
+    o.engine = e;
+    o.window = window;
+    o.report = rep;
+    if (!use_push)
+        return lockstep_run(counter_pull, src, sizeof(int64_t), cs, count, &o);
+    lockstep_stream *s;
+    int rc = lockstep_open(&s, sizeof(int64_t), cs, count, &o);
+    if (rc < 0)
+        return rc;
+    int64_t chunk[17];
+    for (;;) {
+        size_t want = 1 + (size_t)rnd(17), got = 0;
+        int item_rc = 1;
+        while (got < want && (item_rc = counter_pull(src, &chunk[got])) == 1)
+            got++;
+        if (got > 0 && lockstep_push(s, chunk, got) <= 0)
+            break;
+        if (item_rc != 1) {
+            if (item_rc != 0)
+                lockstep_fail(s, item_rc);
+            break;
+        }
+    }
+    return lockstep_close(s);
+}
+
+static void random_case(int use_push)
+{
+    static const size_t windows[] = {1, 2, 3, 5, 8, 64, 0};
+    size_t count = (size_t)rnd(7);
+    size_t window = windows[rnd(sizeof windows / sizeof windows[0])];
+    uint64_t n = rnd(300);
+    script sc[8], oracle[8];
+    for (size_t i = 0; i < count; i++) {
+        int kind = (int)rnd(4);
+        script_init(&sc[i], kind, rnd(n + 3), (int)(1 + rnd(5)));
+        if (kind == NEST_AT && rnd(4) != 0)
+            sc[i].kind = SUM;
+        oracle[i] = sc[i];
+    }
+    counter_source src = counter(n), oracle_src;
+    if (rnd(3) == 0) {
+        src.fail_at = rnd(n + 1);
+        src.fail_code = -(int)(1 + rnd(5));
+    }
+    oracle_src = src;
+    lockstep_report rep, oracle_rep;
+    long failed_before = check_failed;
+    int rc = run_scripted(engine, sc, count, &src, window, use_push, &rep);
+    if (!use_push)
+        check_against_model(sc, count, &src, rc, &rep, window);
+    int oracle_rc = run_scripted(LOCKSTEP_ENGINE_BUFFER, oracle, count, &oracle_src, window, 0,
+                                 &oracle_rep);
+    CHECK_EQ(rc, oracle_rc);
+    CHECK_EQ(rep.failed, oracle_rep.failed);
+    if (rep.failed != LOCKSTEP_FAILED_NONE)
+        CHECK_EQ(rep.position, oracle_rep.position);
+    if (check_failed != failed_before) {
+        fprintf(stderr, "  case: %s, window %zu, %" PRIu64 " items, source fails at %" PRIu64
+                        " (%d), consumers:", use_push ? "push" : "run", window, n, src.fail_at,
+                src.fail_code);
+        for (size_t i = 0; i < count; i++)
+            fprintf(stderr, " [%d k=%" PRIu64 " code=%d count=%" PRIu64 "]", sc[i].kind, sc[i].k,
+                    sc[i].fail_code, sc[i].count);
+        fprintf(stderr, "\n");
+    }
+}
+
+static void test_random(void)
+{
+    const char *env = getenv("LOCKSTEP_TEST_CASES");
+    long cases = env ? atol(env) : 3000;
+    for (long i = 0; i < cases; i++)
+        random_case(0);
+    for (long i = 0; i < cases / 3; i++)
+        random_case(1);
+}
+
+/* Scale: 10,000 consumers over 100,000 items (scaled down by
+ * LOCKSTEP_TEST_SCALE for slow tools such as valgrind). */
+static int count_consumer(lockstep_iter *it, void *arg)
+{
+    uint64_t n = 0;
+    while (lockstep_next(it) != NULL)
+        n++;
+    return n == *(uint64_t *)arg ? 0 : 1;
+}
+
+static void test_scale(void)
+{
+    const char *env = getenv("LOCKSTEP_TEST_SCALE");
+    uint64_t divisor = env ? (uint64_t)atol(env) : 1;
+    size_t consumers = 10000 / (size_t)divisor;
+    uint64_t items = 100000 / divisor;
+    lockstep_consumer *cs = malloc(consumers * sizeof *cs);
+    CHECK(cs != NULL);
+    if (cs == NULL)
+        return;
+    for (size_t i = 0; i < consumers; i++) {
+        cs[i].fn = count_consumer;
+        cs[i].arg = &items;
+    }
+    counter_source src = counter(items);
+    lockstep_options o = opts(0, NULL);
+    o.stack_size = 64 * 1024;
+    CHECK_EQ(lockstep_run(counter_pull, &src, sizeof(int64_t), cs, consumers, &o), 0);
+    CHECK_EQ(src.pulls, items);
+    free(cs);
+}
+
+/* Every allocation and every stack mapping fails in turn: each run
+ * reports LOCKSTEP_ENOMEM or succeeds, and the sanitizers see no leak. */
+static void test_allocation_failure(void)
+{
+    for (int kind = LOCKSTEP__FAULT_ALLOC; kind <= LOCKSTEP__FAULT_MMAP; kind++) {
+        long points = 0;
+        for (long nth = 1;; nth++) {
+            script sc[3];
+            script_init(&sc[0], SUM, 0, 0);
+            script_init(&sc[1], STOP_AT, 50, 0);
+            script_init(&sc[2], NEST_AT, 10, 0);
+            lockstep_consumer cs[3] = {{sum_max_consumer, &sc[0]},
+                                       {sum_max_consumer, &sc[1]},
+                                       {sum_max_consumer, &sc[2]}};
+            counter_source src = counter(200);
+            lockstep_options o = opts(8, NULL);
+            lockstep__fault_arm(kind, nth);
+            int rc = lockstep_run(counter_pull, &src, sizeof(int64_t), cs, 3, &o);
+            long seen = lockstep__fault_arm(kind, 0);
+            CHECK(rc == 0 || rc == LOCKSTEP_ENOMEM);
+            if (rc == 0)
+                CHECK_EQ(sc[0].sum, 19900);
+            if (seen < nth)
+                break; /* the armed fault was never reached: all points covered */
+            points++;
+        }
+        CHECK(points > 0 || kind == LOCKSTEP__FAULT_MMAP);
+    }
+}
+
+static void test_errors_and_version(void)
+{
+    CHECK(strcmp(lockstep_strerror(LOCKSTEP_ENOMEM), "out of memory") == 0);
+    CHECK(strcmp(lockstep_strerror(0), "success") == 0);
+    CHECK(strcmp(lockstep_strerror(12345), "unknown error") == 0);
+    CHECK(strcmp(lockstep_err_name(LOCKSTEP_EINVAL), "LOCKSTEP_EINVAL") == 0);
+    CHECK(lockstep_err_name(7) == NULL);
+    CHECK_EQ(lockstep_version(), LOCKSTEP_VERSION_HEX);
+    CHECK(strcmp(lockstep_version_string(), "0.1.0") == 0);
+    CHECK(strcmp(lockstep_engine_name(LOCKSTEP_ENGINE_BUFFER), "buffer") == 0);
+    CHECK(lockstep_engine_name((lockstep_engine)42) == NULL);
+    lockstep_options o;
+    memset(&o, 0xff, sizeof o);
+    lockstep_options_init(&o);
+    CHECK(o.engine == LOCKSTEP_ENGINE_FIBER && o.window == 0 && o.report == NULL);
+}
+
+int main(int argc, char **argv)
+{
+    const char *name = argc > 1 ? argv[1] : "fiber";
+    int found = 0;
+    for (int e = 0; e < LOCKSTEP_ENGINE_COUNT_; e++)
+        if (strcmp(name, lockstep_engine_name((lockstep_engine)e)) == 0) {
+            engine = (lockstep_engine)e;
+            found = 1;
+        }
+    if (!found) {
+        fprintf(stderr, "usage: %s fiber|thread|buffer\n", argv[0]);
+        return 2;
+    }
+    is_buffer = engine == LOCKSTEP_ENGINE_BUFFER;
+    if (!lockstep_engine_available(engine)) {
+        lockstep_consumer ok[1] = {{return_at_once, NULL}};
+        lockstep_options o = opts(0, NULL);
+        CHECK_EQ(lockstep_run(noop_pull, NULL, 8, ok, 1, &o), LOCKSTEP_ENOTSUP);
+        printf("engine %s is not available in this build: checked ENOTSUP only\n", name);
+        return CHECK_SUMMARY("conformance");
+    }
+    test_errors_and_version();
+    test_sum_and_max();
+    test_zero_consumers_and_items();
+    test_early_exit_and_infinite_source();
+    test_failures();
+    test_big_items();
+    test_nesting();
+    test_bad_input();
+    test_misuse();
+    test_push();
+    test_random();
+    test_allocation_failure();
+    test_scale();
+    char label[64];
+    snprintf(label, sizeof label, "conformance[%s]", name);
+    return CHECK_SUMMARY(label);
+}
