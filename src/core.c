@@ -146,10 +146,10 @@ void lockstep__record_failure(lockstep_stream *s, uint64_t pos, size_t rank, int
 {
     if (s->failed && (pos > s->fail_pos || (pos == s->fail_pos && rank >= s->fail_rank)))
         return;
-    s->failed = 1;
     s->fail_pos = pos;
     s->fail_rank = rank;
     s->fail_code = code;
+    atomic_store_explicit(&s->failed, 1, memory_order_release); /* publishes the fields above */
 }
 
 /* Records that it's consumer returned rc.  A code returned after the
@@ -505,9 +505,9 @@ long lockstep_live(const lockstep_stream *s)
 {
     if (s == NULL)
         return LOCKSTEP_EINVAL;
-    if (s->failed || s->src_pending || s->ended)
+    if (atomic_load_explicit(&s->failed, memory_order_acquire) || s->src_pending || s->ended)
         return 0;
-    return (long)s->live;
+    return (long)atomic_load_explicit(&s->live, memory_order_acquire);
 }
 
 /* Push and close may not be called from inside one of the stream's own

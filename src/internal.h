@@ -14,6 +14,7 @@
 
 #include "lockstep.h"
 
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -74,7 +75,9 @@ struct lockstep_stream {
     uint64_t base;
     uint64_t read;                   /* items accepted so far */
 
-    size_t live;                     /* consumers that have not returned */
+    /* live and failed are atomic because the producer polls them without a
+     * lock while threaded engines change them under their own. */
+    _Atomic size_t live;             /* consumers that have not returned */
     size_t *order;                   /* cooperative engines: live consumers, in index order */
     size_t n_order;
     size_t cursor;                   /* cooperative engines: next entry of order to run */
@@ -83,7 +86,7 @@ struct lockstep_stream {
     int dispatching;                 /* re-entrancy guard for push/close */
 
     /* The outcome: the best realized failure so far, by (position, rank). */
-    int failed;
+    _Atomic int failed;
     uint64_t fail_pos;
     size_t fail_rank;
     int fail_code;
