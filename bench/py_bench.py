@@ -361,10 +361,10 @@ def parse_args(argv):
                    help="comma-separated N values (default 1e4,1e6; --quick: 1e4)")
     p.add_argument("--repeats", type=int, help="timed runs per row (default 7; --quick: 5)")
     p.add_argument("--budget", type=float, dest="budget_s",
-                   help="seconds of timed runs per row before cutting repeats (default 6; --quick: 1)")
+                   help="seconds of timed runs per row before cutting repeats (default 8; --quick: 1)")
     p.add_argument("--max-est", type=float, default=20.0,
                    help="skip a row whose single run is estimated above this many seconds")
-    p.add_argument("--mem-max", type=float, default=4.0, dest="mem_max_s",
+    p.add_argument("--mem-max", type=float, default=6.0, dest="mem_max_s",
                    help="seconds a tracemalloc run may take before it uses a smaller N")
     p.add_argument("--no-memory", action="store_true", help="skip the tracemalloc runs")
     p.add_argument("--no-python", action="store_true",
@@ -375,7 +375,7 @@ def parse_args(argv):
     if args.repeats is None:
         args.repeats = 5 if args.quick else 7
     if args.budget_s is None:
-        args.budget_s = 1.0 if args.quick else 6.0
+        args.budget_s = 1.0 if args.quick else 8.0
     args.slow_s = 1.0       # rows estimated slower than this skip the warm-up
     args.sweep_repeats = 3
     return args
@@ -412,7 +412,7 @@ def main(argv=None):
     total = time.perf_counter() - t_start
 
     info = machine_info(lockstep)
-    print(f"## Python: (sum, max) over one iter(range(N))\n")
+    print("## Python: (sum, max) over one iter(range(N))\n")
     print(f"{info['cpu_model']} x{info['cpu_count']}, {info['platform']}, "
           f"Python {platform.python_version()}, greenlet {info['greenlet']}, "
           f"uvloop {info['uvloop']}, {info['date']}\n")

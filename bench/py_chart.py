@@ -129,6 +129,8 @@ def draw_group(ax, suite, n, rows):
             label += f"  x{ratio:.3g}" if ratio < 1000 else f"  x{ratio:.0f}"
         if row.get("peak_bytes") is not None:
             label += f"  mem {fmt_bytes(row['peak_bytes'])}"
+            if row.get("peak_n") not in (None, row.get("n")):
+                label += f" (at N={fmt_n(row['peak_n'])})"
         ax.text(value * 1.15 + (above if above else 0), y, label, va="center", fontsize=7.5)
     ax.set_yticks(ys)
     ax.set_yticklabels([r["name"] for r in rows], fontsize=8)

@@ -356,6 +356,8 @@ void lockstep__coop_destroy(lockstep_stream *s)
     for (size_t i = 0; i < s->n; i++)
         if (s->iters[i].started)
             s->ops->coop_destroy(s, &s->iters[i]);
+    lockstep__drop(s, s->win, s->filled);
+    s->filled = 0;
     lockstep__free(s->order);
     lockstep__free(s->win);
     s->order = NULL;
@@ -386,6 +388,7 @@ const void *lockstep__coop_next_slow(lockstep_iter *it)
  * consumer that is still running. */
 void lockstep__window_consumed(lockstep_stream *s)
 {
+    lockstep__drop(s, s->win, s->filled);
     s->base += s->filled;
     s->filled = 0;
 }

@@ -56,6 +56,7 @@ static int buffer_finish(lockstep_stream *s)
 
 static void buffer_destroy(lockstep_stream *s)
 {
+    lockstep__drop(s, s->win, s->filled);
     lockstep__free(s->win);
     s->win = NULL;
 }

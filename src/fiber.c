@@ -305,8 +305,12 @@ static void guard_thread_setup(void)
 
 /* --- Sanitizer bookkeeping around a switch ------------------------------- */
 
-/* Called just before leaving from for to; exiting means from is done. */
-static inline void switch_begin(lockstep__fiber *from, lockstep__fiber *to, int exiting)
+/* Called just before leaving from for to; exiting means from is done.
+ * Must be inlined into the function that performs the switch: TSan's
+ * instrumentation would otherwise pop the new fiber's shadow call stack on
+ * return from a separate function that called __tsan_switch_to_fiber. */
+static inline __attribute__((always_inline)) void
+switch_begin(lockstep__fiber *from, lockstep__fiber *to, int exiting)
 {
 #ifdef LOCKSTEP__ASAN
     __sanitizer_start_switch_fiber(exiting ? NULL : &from->asan_fake_stack, to->asan_bottom,
@@ -325,7 +329,8 @@ static inline void switch_begin(lockstep__fiber *from, lockstep__fiber *to, int 
 /* Called first thing in self once it runs again (or for the first time),
  * prev being the fiber that switched to it.  Learns a thread stack's
  * bounds for ASan from the first switch away from it. */
-static inline void switch_end(lockstep__fiber *self, lockstep__fiber *prev)
+static inline __attribute__((always_inline)) void
+switch_end(lockstep__fiber *self, lockstep__fiber *prev)
 {
 #ifdef LOCKSTEP__ASAN
     const void *old_bottom = NULL;

@@ -61,6 +61,12 @@ struct lockstep_stream {
     const lockstep__engine_ops *ops;
     void *engine;                    /* engine-private state */
     void *engine_arg;                /* for engines plugged in from outside (Python) */
+    /* Optional: called for items that leave the window for good (the
+     * window is recycled, or the stream is destroyed), so that a binding
+     * whose items own references can release them.  Always called from the
+     * producer's thread.  Set it right after opening, before any push. */
+    void (*drop_items)(void *arg, void *items, size_t count);
+    void *drop_arg;
     size_t item_size;
     size_t window;                   /* requested window, after defaults */
     size_t n;                        /* consumers */
@@ -176,6 +182,13 @@ const void *lockstep__coop_next_slow(lockstep_iter *it);
 lockstep_iter *lockstep__round_begin(lockstep_stream *s);
 lockstep_iter *lockstep__round_next(lockstep_stream *s);
 void lockstep__round_end(lockstep_stream *s);
+
+/* Releases count items at items through s->drop_items, if set. */
+static inline void lockstep__drop(lockstep_stream *s, void *items, size_t count)
+{
+    if (s->drop_items != NULL && count > 0)
+        s->drop_items(s->drop_arg, items, count);
+}
 
 /* Where the producer's window ended up: base advances by filled. */
 void lockstep__window_consumed(lockstep_stream *s);

@@ -173,7 +173,8 @@ static long __attribute__((noinline)) deep(const char *base, long n)
 {
     volatile char pad[128];
     pad[0] = (char)n;
-    size_t depth = (size_t)(base - (const char *)pad);
+    /* The frame address, not pad's: ASan may put pad on a fake stack. */
+    size_t depth = (size_t)(base - (const char *)__builtin_frame_address(0));
     long r;
     if (depth >= deep_target) {
         deep_reached = depth;
@@ -187,8 +188,7 @@ static long __attribute__((noinline)) deep(const char *base, long n)
 static void deep_entry(void *arg)
 {
     (void)arg;
-    char base = 0;
-    deep_result = deep(&base, 1);
+    deep_result = deep(__builtin_frame_address(0), 1);
     lockstep__fiber_exit(&deep_f, &main_f);
 }
 
@@ -429,13 +429,14 @@ static void test_guard(int on_thread)
     close(pfd[1]);
     char buf[8192];
     size_t len = 0;
-    for (;;) {
-        ssize_t r = read(pfd[0], buf + len, sizeof buf - 1 - len);
+    for (;;) { /* drain it all, keeping the start: the child must not get SIGPIPE */
+        char chunk[4096];
+        ssize_t r = read(pfd[0], chunk, sizeof chunk);
         if (r <= 0)
             break;
-        len += (size_t)r;
-        if (len == sizeof buf - 1)
-            break;
+        size_t take = (size_t)r < sizeof buf - 1 - len ? (size_t)r : sizeof buf - 1 - len;
+        memcpy(buf + len, chunk, take);
+        len += take;
     }
     buf[len] = '\0';
     close(pfd[0]);
