@@ -406,6 +406,8 @@ static void context_init(lockstep__fiber *f)
 #endif
 }
 
+/* See fiber.h.  The swap hands over from, so the resumed side learns who
+ * switched to it. */
 void lockstep__fiber_switch(lockstep__fiber *from, lockstep__fiber *to)
 {
     switch_begin(from, to, 0);
@@ -413,6 +415,7 @@ void lockstep__fiber_switch(lockstep__fiber *from, lockstep__fiber *to)
     switch_end(from, prev);
 }
 
+/* See fiber.h.  Passing NULL to ASan's start_switch frees from's fake stack. */
 void lockstep__fiber_exit(lockstep__fiber *from, lockstep__fiber *to)
 {
     switch_begin(from, to, 1);
@@ -449,6 +452,7 @@ static void context_init(lockstep__fiber *f)
                 (unsigned)(bits & 0xffffffffu));
 }
 
+/* See fiber.h; swapcontext also saves the signal mask, hence its cost. */
 void lockstep__fiber_switch(lockstep__fiber *from, lockstep__fiber *to)
 {
     switch_begin(from, to, 0);
@@ -458,6 +462,7 @@ void lockstep__fiber_switch(lockstep__fiber *from, lockstep__fiber *to)
     switch_end(from, uc_prev);
 }
 
+/* See fiber.h. */
 void lockstep__fiber_exit(lockstep__fiber *from, lockstep__fiber *to)
 {
     switch_begin(from, to, 1);
@@ -470,6 +475,7 @@ void lockstep__fiber_exit(lockstep__fiber *from, lockstep__fiber *to)
 
 /* --- Lifecycle ------------------------------------------------------------ */
 
+/* See fiber.h.  TSan gets the thread's own fiber; ASan bounds come later. */
 void lockstep__fiber_init_current(lockstep__fiber *f)
 {
     memset(f, 0, sizeof *f);
@@ -479,6 +485,8 @@ void lockstep__fiber_init_current(lockstep__fiber *f)
     /* ASan bounds are learned on the first switch away (switch_end). */
 }
 
+/* See fiber.h.  f is zeroed first, so it can be destroyed after a failure.
+ * Layout: [guard page, PROT_NONE][stack_lo ... stack_hi), MAP_NORESERVE. */
 int lockstep__fiber_create(lockstep__fiber *f, size_t stack_size,
                            lockstep__fiber_entry entry, void *arg)
 {
@@ -527,6 +535,7 @@ int lockstep__fiber_create(lockstep__fiber *f, size_t stack_size,
     return 0;
 }
 
+/* See fiber.h.  Also accepts NULL; leaves f zeroed. */
 void lockstep__fiber_destroy(lockstep__fiber *f)
 {
     if (f == NULL)

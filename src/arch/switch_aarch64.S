@@ -17,9 +17,13 @@
  * x29 = 0 and x30 = lockstep__fiber_boot, so boot starts with sp 16-byte
  * aligned at the top of the stack.
  *
- * BTI/PAC: with -mbranch-protection the entry point gets "bti c" and the
- * object is marked accordingly.  The boot stub is reached by ret, which
- * BTI does not check.  This code neither signs nor authenticates x30.
+ * The switch leaves by br x30 rather than ret, since a ret into another
+ * context never matches the return-address predictor.
+ *
+ * BTI/PAC: with -mbranch-protection the entry point gets "bti c", the
+ * switch leaves by ret (BTI would reject br to a call site) and the object
+ * is marked accordingly.  The boot stub is then reached by ret, which BTI
+ * does not check.  This code neither signs nor authenticates x30.
  */
 #if defined(__aarch64__) && defined(__ELF__) && !defined(LOCKSTEP_FORCE_UCONTEXT)
 
@@ -109,7 +113,11 @@ lockstep__fiber_swap:
         add     sp, sp, #176
         .cfi_adjust_cfa_offset -176
         mov     x0, x2                  /* what the resumed side receives */
-        ret
+#if LS_PROP_BTI
+        ret                             /* BTI would reject br to a call site */
+#else
+        br      x30                     /* not ret: keeps the return predictor in step */
+#endif
         .cfi_endproc
         .size   lockstep__fiber_swap, .-lockstep__fiber_swap
 
