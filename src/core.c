@@ -177,61 +177,7 @@ void lockstep__consumer_main(lockstep_iter *it)
  * ------------------------------------------------------------------------ */
 
 /* A stable address for iterators that have no range. */
-static const unsigned char empty_range[1];
-
-/* Leaves it with no items in hand at stream position pos. */
-static void iter_park(lockstep_iter *it, uint64_t pos)
-{
-    it->end_pos = pos;
-    it->cur = it->end = empty_range;
-}
-
-/* Points it at the window from position pos, stopping short of a realized
- * failure so that no consumer receives an item at or past it. */
-void lockstep__iter_aim(lockstep_iter *it, uint64_t pos)
-{
-    lockstep_stream *s = it->stream;
-    uint64_t stop = s->base + s->filled;
-    if (s->failed && s->fail_pos < stop)
-        stop = s->fail_pos;
-    it->cur = s->win + (size_t)(pos - s->base) * it->item_size;
-    it->end = it->cur + (size_t)(stop - pos) * it->item_size;
-    it->end_pos = stop;
-}
-
-/* The decision lockstep_next makes when its range is used up. */
-const void *lockstep__next_step(lockstep_iter *it, int *must_wait)
-{
-    lockstep_stream *s = it->stream;
-    uint64_t pos = lockstep__iter_pos(it);
-    *must_wait = 0;
-    for (;;) {
-        if (s->failed && pos >= s->fail_pos) {
-            it->cancelled = 1;
-            iter_park(it, pos);
-            return NULL;
-        }
-        if (pos >= s->base && pos < s->base + s->filled) {
-            lockstep__iter_aim(it, pos);
-            const unsigned char *item = it->cur;
-            it->cur += it->item_size;
-            return item;
-        }
-        if (s->src_pending && pos == s->src_pos) {
-            /* Someone needs the item the source failed to produce. */
-            lockstep__record_failure(s, pos, LOCKSTEP__RANK_SOURCE, s->src_code);
-            continue;
-        }
-        if (s->ended) {
-            it->finished = 1;
-            iter_park(it, pos);
-            return NULL;
-        }
-        iter_park(it, pos);
-        *must_wait = 1;
-        return NULL;
-    }
-}
+const unsigned char lockstep__empty_range[1];
 
 /* The fast path is two compares and an add; everything else is the
  * engine's slow path. */
@@ -296,21 +242,6 @@ lockstep_iter *lockstep__round_begin(lockstep_stream *s)
     s->dispatching = 1;
     s->cursor = 0;
     return lockstep__round_next(s);
-}
-
-/* Returns the next live consumer of this round and makes it current, or
- * NULL when the round is over and control belongs to the producer. */
-lockstep_iter *lockstep__round_next(lockstep_stream *s)
-{
-    while (s->cursor < s->n_order) {
-        lockstep_iter *it = &s->iters[s->order[s->cursor++]];
-        if (ALWAYS(!it->done)) {
-            s->current = it;
-            return it;
-        }
-    }
-    s->current = NULL;
-    return NULL;
 }
 
 /* Ends the round: drops consumers that returned from the order list and
@@ -481,7 +412,7 @@ int lockstep__open_ops(lockstep_stream **out, const lockstep__engine_ops *ops, v
         it->item_size = item_size;
         it->index = i;
         it->consumer = consumers[i];
-        iter_park(it, 0);
+        lockstep__iter_park(it, 0);
     }
     rc = ops->open(s);
     if (rc < 0) {
@@ -504,6 +435,13 @@ int lockstep_open(lockstep_stream **out, size_t item_size, const lockstep_consum
                               options);
 }
 
+/* lockstep_live() > 0, inline for the pull loop. */
+static inline int still_wanted(const lockstep_stream *s)
+{
+    return atomic_load_explicit(&s->live, memory_order_acquire) != 0 &&
+           !atomic_load_explicit(&s->failed, memory_order_acquire) && !s->src_pending && !s->ended;
+}
+
 long lockstep_live(const lockstep_stream *s)
 {
     if (s == NULL)
@@ -519,6 +457,11 @@ static int check_producer(const lockstep_stream *s)
 {
     if (s == NULL)
         return LOCKSTEP_EINVAL;
+    if (s->ops->check_producer != NULL) {
+        int rc = s->ops->check_producer(s);
+        if (rc < 0)
+            return rc;
+    }
     if (s->dispatching || s->ended)
         return LOCKSTEP_ESTATE;
     return 0;
@@ -617,7 +560,7 @@ int lockstep_run(lockstep_source_fn source, void *source_arg, size_t item_size,
         return rc;
     /* Pull one item at a time straight into the window, so that no item is
      * read unless some consumer may still want it. */
-    while (lockstep_live(s) > 0) {
+    while (still_wanted(s)) {
         rc = source(source_arg, s->win + s->filled * s->item_size);
         if (rc != 1) {
             if (rc != 0)

@@ -24,22 +24,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-/* --- Tool detection ------------------------------------------------------ */
-
-#if defined(__has_feature)
-#  if __has_feature(address_sanitizer)
-#    define LOCKSTEP__ASAN 1
-#  endif
-#  if __has_feature(thread_sanitizer)
-#    define LOCKSTEP__TSAN 1
-#  endif
-#endif
-#if defined(__SANITIZE_ADDRESS__) && !defined(LOCKSTEP__ASAN)
-#  define LOCKSTEP__ASAN 1
-#endif
-#if defined(__SANITIZE_THREAD__) && !defined(LOCKSTEP__TSAN)
-#  define LOCKSTEP__TSAN 1
-#endif
+/* Tool detection (LOCKSTEP__ASAN, LOCKSTEP__TSAN) is in fiber.h. */
 
 #ifdef LOCKSTEP__ASAN
 /* Sanitizer fiber API (sanitizer/common_interface_defs.h), declared here so
@@ -370,9 +355,7 @@ void lockstep__fiber_start(lockstep__fiber *self, lockstep__fiber *prev)
 
 #ifndef LOCKSTEP_FIBER_UCONTEXT
 
-/* src/arch/switch_*.S */
-void *lockstep__fiber_swap(void **save_sp, void *new_sp, void *pass)
-    __attribute__((visibility("hidden")));
+/* src/arch/switch_*.S; lockstep__fiber_swap is declared in fiber.h. */
 void lockstep__fiber_boot(void) __attribute__((visibility("hidden")));
 
 /* Builds the frame the switch pops on a fresh stack (layouts documented in
@@ -408,12 +391,14 @@ static void context_init(lockstep__fiber *f)
 
 /* See fiber.h.  The swap hands over from, so the resumed side learns who
  * switched to it. */
+#ifndef LOCKSTEP__FIBER_BARE
 void lockstep__fiber_switch(lockstep__fiber *from, lockstep__fiber *to)
 {
     switch_begin(from, to, 0);
     lockstep__fiber *prev = lockstep__fiber_swap(&from->sp, to->sp, from);
     switch_end(from, prev);
 }
+#endif
 
 /* See fiber.h.  Passing NULL to ASan's start_switch frees from's fake stack. */
 void lockstep__fiber_exit(lockstep__fiber *from, lockstep__fiber *to)

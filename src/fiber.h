@@ -19,6 +19,30 @@
 #  include <ucontext.h>
 #endif
 
+/* Tool detection: sanitizers need bookkeeping around every switch. */
+
+#if defined(__has_feature)
+#  if __has_feature(address_sanitizer)
+#    define LOCKSTEP__ASAN 1
+#  endif
+#  if __has_feature(thread_sanitizer)
+#    define LOCKSTEP__TSAN 1
+#  endif
+#endif
+#if defined(__SANITIZE_ADDRESS__) && !defined(LOCKSTEP__ASAN)
+#  define LOCKSTEP__ASAN 1
+#endif
+#if defined(__SANITIZE_THREAD__) && !defined(LOCKSTEP__TSAN)
+#  define LOCKSTEP__TSAN 1
+#endif
+
+/* Without sanitizers or ucontext, a switch is the bare assembly, inlined
+ * into the scheduler: every call and return saved around a stack switch is
+ * a likely misprediction. */
+#if !defined(LOCKSTEP_FIBER_UCONTEXT) && !defined(LOCKSTEP__ASAN) && !defined(LOCKSTEP__TSAN)
+#  define LOCKSTEP__FIBER_BARE 1
+#endif
+
 typedef void (*lockstep__fiber_entry)(void *arg);
 
 typedef struct lockstep__fiber {
@@ -53,9 +77,23 @@ void lockstep__fiber_init_current(lockstep__fiber *f);
 int lockstep__fiber_create(lockstep__fiber *f, size_t stack_size,
                            lockstep__fiber_entry entry, void *arg);
 
+#ifndef LOCKSTEP_FIBER_UCONTEXT
+/* src/arch/switch_*.S: pushes the callee-saved state, stores the stack
+ * pointer in *save_sp, switches to new_sp and returns pass there. */
+void *lockstep__fiber_swap(void **save_sp, void *new_sp, void *pass)
+    __attribute__((visibility("hidden")));
+#endif
+
 /* Saves the running context into from and resumes to.  Returns when some
  * other fiber switches back to from. */
+#ifdef LOCKSTEP__FIBER_BARE
+static inline void lockstep__fiber_switch(lockstep__fiber *from, lockstep__fiber *to)
+{
+    lockstep__fiber_swap(&from->sp, to->sp, from);
+}
+#else
 void lockstep__fiber_switch(lockstep__fiber *from, lockstep__fiber *to);
+#endif
 
 /* Like lockstep__fiber_switch, for a fiber that has finished: it is never
  * resumed again, and sanitizers are told its stack is gone. */

@@ -134,6 +134,12 @@ struct lockstep__engine_ops {
     int (*coop_suspend)(lockstep_stream *s, lockstep_iter *it);
     /* Frees it's context; it has returned or never started. */
     void (*coop_destroy)(lockstep_stream *s, lockstep_iter *it);
+
+    /* Optional, for engines whose consumers run on other threads: returns
+     * LOCKSTEP_ESTATE when the calling thread may not push, fail or close s
+     * (it is one of s's own consumers), else 0.  Called before any other
+     * field of s is read, so that such a call is refused without a race. */
+    int (*check_producer)(const lockstep_stream *s);
 };
 
 extern const lockstep__engine_ops lockstep__engine_fiber;
@@ -160,13 +166,6 @@ void lockstep__consumer_finished(lockstep_iter *it, int rc);
  * as the body of each consumer's context. */
 void lockstep__consumer_main(lockstep_iter *it);
 
-/* Makes it->cur/end cover the window from stream position pos. */
-void lockstep__iter_aim(lockstep_iter *it, uint64_t pos);
-
-/* One step of the generic slow path, with no waiting: returns the next
- * item, or NULL with *must_wait set when the consumer must wait for the
- * window to advance, or NULL (end or cancel) with *must_wait clear. */
-const void *lockstep__next_step(lockstep_iter *it, int *must_wait);
 
 /* Cooperative engines: dispatch (resume each live consumer in index order),
  * finish, and the consumer-side slow path built on coop_suspend. */
@@ -180,7 +179,6 @@ const void *lockstep__coop_next_slow(lockstep_iter *it);
  * straight to the next: begin returns the first consumer to run, next the
  * one after the current (NULL: back to the producer), end tidies up. */
 lockstep_iter *lockstep__round_begin(lockstep_stream *s);
-lockstep_iter *lockstep__round_next(lockstep_stream *s);
 void lockstep__round_end(lockstep_stream *s);
 
 /* Releases count items at items through s->drop_items, if set. */
@@ -192,6 +190,86 @@ static inline void lockstep__drop(lockstep_stream *s, void *items, size_t count)
 
 /* Where the producer's window ended up: base advances by filled. */
 void lockstep__window_consumed(lockstep_stream *s);
+
+/* --- The consumer side's decisions, inline because every window of every
+ * consumer goes through them (src/core.c holds the rest). ---------------- */
+
+/* A stable address for iterators that have no range. */
+extern const unsigned char lockstep__empty_range[1];
+
+/* Leaves it with no items in hand at stream position pos. */
+static inline void lockstep__iter_park(lockstep_iter *it, uint64_t pos)
+{
+    it->end_pos = pos;
+    it->cur = it->end = lockstep__empty_range;
+}
+
+/* Points it at the window from position pos, stopping short of a realized
+ * failure so that no consumer receives an item at or past it. */
+static inline void lockstep__iter_aim(lockstep_iter *it, uint64_t pos)
+{
+    lockstep_stream *s = it->stream;
+    uint64_t stop = s->base + s->filled;
+    if (s->failed && s->fail_pos < stop)
+        stop = s->fail_pos;
+    it->cur = s->win + (size_t)(pos - s->base) * it->item_size;
+    it->end = it->cur + (size_t)(stop - pos) * it->item_size;
+    it->end_pos = stop;
+}
+
+/* The decision lockstep_next makes when its range is used up. */
+static inline const void *lockstep__next_step(lockstep_iter *it, int *must_wait)
+{
+    lockstep_stream *s = it->stream;
+    uint64_t pos = lockstep__iter_pos(it);
+    *must_wait = 0;
+    for (;;) {
+        if (s->failed && pos >= s->fail_pos) {
+            it->cancelled = 1;
+            lockstep__iter_park(it, pos);
+            return NULL;
+        }
+        if (pos >= s->base && pos < s->base + s->filled) {
+            lockstep__iter_aim(it, pos);
+            const unsigned char *item = it->cur;
+            it->cur += it->item_size;
+            return item;
+        }
+        if (s->src_pending && pos == s->src_pos) {
+            /* Someone needs the item the source failed to produce. */
+            lockstep__record_failure(s, pos, LOCKSTEP__RANK_SOURCE, s->src_code);
+            continue;
+        }
+        if (s->ended) {
+            it->finished = 1;
+            lockstep__iter_park(it, pos);
+            return NULL;
+        }
+        lockstep__iter_park(it, pos);
+        *must_wait = 1;
+        return NULL;
+    }
+}
+
+/* One step of the generic slow path is lockstep__next_step above: it
+ * returns the next item, or NULL with *must_wait set when the consumer must
+ * wait for the window to advance, or NULL (end or cancel) with *must_wait
+ * clear. */
+
+/* Returns the next live consumer of this round and makes it current, or
+ * NULL when the round is over and control belongs to the producer. */
+static inline lockstep_iter *lockstep__round_next(lockstep_stream *s)
+{
+    while (s->cursor < s->n_order) {
+        lockstep_iter *it = &s->iters[s->order[s->cursor++]];
+        if (ALWAYS(!it->done)) {
+            s->current = it;
+            return it;
+        }
+    }
+    s->current = NULL;
+    return NULL;
+}
 
 /* --- Allocation, with fault injection (src/core.c) ---------------------- */
 
