@@ -1,6 +1,7 @@
 # Makefile: lockstep's front door.  CMake + CTest do the work underneath.
 #
-#   make          build the library, tests, examples, benchmarks (build/)
+#   make          build the library, tests, examples, benchmarks (build/) and
+#                 the Python extension (python/lockstep/)
 #   make demo     answer the original question and show the speed
 #   make test     every test: ctest on a release build and on sanitizer builds,
 #                 valgrind, the ucontext and aarch64 switch paths, and Python
@@ -14,10 +15,10 @@ JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?=
 DEPS = scripts/deps.sh
 
-.PHONY: all build demo test test-release test-asan test-asan-clang test-tsan \
+.PHONY: all build python test-python demo test test-release test-asan test-asan-clang test-tsan \
         test-valgrind test-ucontext test-aarch64 bench install clean
 
-all: build
+all: build python
 
 # configure DIR EXTRA-FLAGS: configure a build tree once, then build it.
 define cmake_build
@@ -29,21 +30,37 @@ build:
 	@$(DEPS) build
 	$(call cmake_build,build,RelWithDebInfo,)
 
-demo: build
+# The Python extension, built in place (python/lockstep/_lockstep*.so) for
+# Debian's /usr/bin/python3, which has greenlet and pytest.
+PYTHON = /usr/bin/python3
+python:
+	@$(DEPS) python
+	$(PYTHON) -W ignore setup.py -q build_ext --inplace
+
+demo: build python
 	@echo "== The question: sum and max of iter(range(1, 1000)), one pass, one iterator =="
 	@./build/examples/sum_max
 	@echo
 	@echo "== How fast, in C (N = 10^7 int64, sum and max) =="
 	@./build/bench/bench_c --demo
+	@echo
+	@echo "== The same question in Python =="
+	@PYTHONPATH=python $(PYTHON) examples/sum_max.py
 
 # The whole matrix.  Each leg is also a target of its own.
-TEST_LEGS = test-release test-asan test-asan-clang test-tsan test-ucontext test-valgrind test-aarch64
+TEST_LEGS = test-release test-python test-asan test-asan-clang test-tsan test-ucontext test-valgrind test-aarch64
 
 test: $(TEST_LEGS)
 	@echo "make test: every leg passed ($(TEST_LEGS))"
 
 test-release: build
 	cd build && ctest --output-on-failure -j $(JOBS)
+
+# The Python suite on every engine, then again with greenlet made
+# unimportable, which proves the thread fallback.
+test-python: python
+	$(PYTHON) -m pytest -q python/tests
+	LOCKSTEP_NO_GREENLET=1 $(PYTHON) -m pytest -q python/tests
 
 # ASan + UBSan with gcc, then with clang.  The scale test shrinks 4x: the
 # sanitizers make every item cost ten times more, and 2,500 consumers over
@@ -86,10 +103,11 @@ bench: build
 	@$(DEPS) bench
 	./build/bench/bench_c $(if $(QUICK),--quick,--sweep)
 
-install: build
+install: build python
 	cmake --install build --prefix $(PREFIX)
 
 clean:
-	rm -rf build build-asan build-asan-clang build-tsan build-ucontext build-aarch64
+	rm -rf build build-asan build-asan-clang build-tsan build-ucontext build-aarch64 python/build
+	rm -f python/lockstep/_lockstep*.so
 
 , := ,

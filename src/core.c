@@ -223,7 +223,10 @@ int lockstep__coop_open(lockstep_stream *s)
         s->order[created] = created;
     }
     s->n_order = s->n;
-    return s->ops->dispatch(s);
+    /* Once consumers have started, a failed round cannot unwind them: it
+     * cancels the run instead, and lockstep_close lets them return. */
+    lockstep__dispatch(s);
+    return 0;
 fail:
     while (created > 0)
         s->ops->coop_destroy(s, &s->iters[--created]);
@@ -435,20 +438,11 @@ int lockstep_open(lockstep_stream **out, size_t item_size, const lockstep_consum
                               options);
 }
 
-/* lockstep_live() > 0, inline for the pull loop. */
-static inline int still_wanted(const lockstep_stream *s)
-{
-    return atomic_load_explicit(&s->live, memory_order_acquire) != 0 &&
-           !atomic_load_explicit(&s->failed, memory_order_acquire) && !s->src_pending && !s->ended;
-}
-
 long lockstep_live(const lockstep_stream *s)
 {
     if (s == NULL)
         return LOCKSTEP_EINVAL;
-    if (atomic_load_explicit(&s->failed, memory_order_acquire) || s->src_pending || s->ended)
-        return 0;
-    return (long)atomic_load_explicit(&s->live, memory_order_acquire);
+    return lockstep__wanted(s) ? (long)atomic_load_explicit(&s->live, memory_order_acquire) : 0;
 }
 
 /* Push and close may not be called from inside one of the stream's own
@@ -469,7 +463,7 @@ static int check_producer(const lockstep_stream *s)
 
 /* Hands the full window to the engine.  An engine failure (say, memory
  * for the buffer engine) cancels the run at the current position. */
-static int dispatch(lockstep_stream *s)
+int lockstep__dispatch(lockstep_stream *s)
 {
     int rc = s->ops->dispatch(s);
     if (rc < 0)
@@ -495,7 +489,7 @@ long lockstep_push(lockstep_stream *s, const void *items, size_t count)
         s->read += take;
         p += take * s->item_size;
         count -= take;
-        if (s->filled == s->cap && (rc = dispatch(s)) < 0)
+        if (s->filled == s->cap && (rc = lockstep__dispatch(s)) < 0)
             return rc;
     }
     return lockstep_live(s);
@@ -546,6 +540,22 @@ int lockstep_close(lockstep_stream *s)
     return code;
 }
 
+/* Pulls one item at a time straight into the window, so that no item is
+ * read unless some consumer may still want it. */
+void lockstep__pull(lockstep_stream *s, lockstep_source_fn source, void *source_arg)
+{
+    while (lockstep__wanted(s)) {
+        int rc = source(source_arg, s->win + s->filled * s->item_size);
+        if (rc != 1) {
+            if (rc != 0)
+                lockstep_fail(s, rc);
+            return;
+        }
+        if (lockstep__commit_one(s) < 0)
+            return;
+    }
+}
+
 int lockstep_run(lockstep_source_fn source, void *source_arg, size_t item_size,
                  const lockstep_consumer *consumers, size_t n_consumers,
                  const lockstep_options *options)
@@ -558,18 +568,6 @@ int lockstep_run(lockstep_source_fn source, void *source_arg, size_t item_size,
     int rc = lockstep_open(&s, item_size, consumers, n_consumers, options);
     if (rc < 0)
         return rc;
-    /* Pull one item at a time straight into the window, so that no item is
-     * read unless some consumer may still want it. */
-    while (still_wanted(s)) {
-        rc = source(source_arg, s->win + s->filled * s->item_size);
-        if (rc != 1) {
-            if (rc != 0)
-                lockstep_fail(s, rc);
-            break;
-        }
-        s->read++;
-        if (++s->filled == s->cap && dispatch(s) < 0)
-            break;
-    }
+    lockstep__pull(s, source, source_arg);
     return lockstep_close(s);
 }

@@ -181,6 +181,34 @@ const void *lockstep__coop_next_slow(lockstep_iter *it);
 lockstep_iter *lockstep__round_begin(lockstep_stream *s);
 void lockstep__round_end(lockstep_stream *s);
 
+/* Hands the full window to the engine; an engine failure is recorded as
+ * a library failure at the current position.  Returns 0 or that code. */
+int lockstep__dispatch(lockstep_stream *s);
+
+/* True while some consumer may still want items: lockstep_live() > 0. */
+static inline int lockstep__wanted(const lockstep_stream *s)
+{
+    return atomic_load_explicit(&s->live, memory_order_acquire) != 0 &&
+           !atomic_load_explicit(&s->failed, memory_order_acquire) && !s->src_pending &&
+           !s->ended;
+}
+
+/* The producer has written one item at s->win + s->filled: counts it and
+ * dispatches when the window is full.  Returns 1 after a dispatch, 0 when
+ * the window has room, or the dispatch's negative code. */
+static inline int lockstep__commit_one(lockstep_stream *s)
+{
+    s->read++;
+    if (++s->filled < s->cap)
+        return 0;
+    int rc = lockstep__dispatch(s);
+    return rc < 0 ? rc : 1;
+}
+
+/* lockstep_run's loop over an open stream: pulls from source until it
+ * ends or fails (recorded with lockstep_fail) or no consumer is left. */
+void lockstep__pull(lockstep_stream *s, lockstep_source_fn source, void *source_arg);
+
 /* Releases count items at items through s->drop_items, if set. */
 static inline void lockstep__drop(lockstep_stream *s, void *items, size_t count)
 {

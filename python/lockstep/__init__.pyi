@@ -1,0 +1,65 @@
+# __init__.pyi: type stubs for the lockstep package (run, Stream, Iterator,
+# engines and the constants), which the C extension lockstep._lockstep
+# implements.
+from types import TracebackType
+from typing import Any, Callable, Iterable, Iterator as _Iterator, Literal, Optional, Tuple, Type, TypeVar
+
+_T = TypeVar("_T")
+
+EngineName = Literal["greenlet", "thread", "buffer"]
+
+DEFAULT_WINDOW: int
+DEFAULT_WINDOWS: dict[str, int]
+MAX_WINDOW: int
+HAVE_GREENLET_ENGINE: int
+core_version: str
+__version__: str
+
+class Iterator(_Iterator[_T]):
+    """The iterator lockstep hands each consumer; valid only inside it."""
+    @property
+    def active(self) -> bool: ...
+    @property
+    def position(self) -> int: ...
+    def __iter__(self) -> "Iterator[_T]": ...
+    def __next__(self) -> _T: ...
+
+def run(
+    iterable: Iterable[_T],
+    /,
+    *consumers: Callable[[Iterator[_T]], Any],
+    window: Optional[int] = None,
+    engine: Optional[EngineName] = None,
+) -> Tuple[Any, ...]:
+    """Run every consumer over one pass of iterable; return their results."""
+    ...
+
+def engines() -> Tuple[EngineName, ...]:
+    """The engines usable here, best first."""
+    ...
+
+class Stream:
+    """The push side: feed items with push/extend, get results at close."""
+    def __init__(
+        self,
+        *consumers: Callable[[Iterator[Any]], Any],
+        window: Optional[int] = None,
+        engine: Optional[EngineName] = None,
+    ) -> None: ...
+    def push(self, item: Any, /) -> int: ...
+    def extend(self, iterable: Iterable[Any], /) -> int: ...
+    def fail(self, exc: BaseException, /) -> None: ...
+    def close(self) -> Tuple[Any, ...]: ...
+    @property
+    def live(self) -> int: ...
+    @property
+    def results(self) -> Tuple[Any, ...]: ...
+    @property
+    def closed(self) -> bool: ...
+    def __enter__(self) -> "Stream": ...
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> bool: ...

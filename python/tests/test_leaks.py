@@ -1,0 +1,80 @@
+"""test_leaks.py: 10**4 runs, failing ones included, leave nothing behind.
+
+Object counts (len(gc.get_objects())), the reference counts of items and
+results, and tracemalloc's traced memory stay flat across many runs of
+run() and Stream on every engine.
+"""
+import gc
+import sys
+import tracemalloc
+
+import pytest
+
+import lockstep
+
+RUNS = 10_000
+
+
+class Boom(Exception):
+    pass
+
+
+ITEM = object()
+RESULT = object()
+
+
+def fails_at_3(it):
+    for i, _ in enumerate(it):
+        if i == 3:
+            raise Boom()
+
+
+def source(n, fail=False):
+    for i in range(n):
+        if fail and i == n // 2:
+            raise Boom("src")
+        yield ITEM
+
+
+def one_round(engine, k):
+    """One run of a kind picked by k; returns nothing, swallows Boom."""
+    kind = k % 5
+    try:
+        if kind == 0:
+            lockstep.run(source(20), list, lambda it: RESULT, window=3, engine=engine)
+        elif kind == 1:
+            lockstep.run(source(20), sum and len, fails_at_3, window=1, engine=engine)
+        elif kind == 2:
+            lockstep.run(source(20, fail=True), list, window=4, engine=engine)
+        elif kind == 3:
+            with lockstep.Stream(list, lambda it: next(it), window=2, engine=engine) as st:
+                st.extend(source(10))
+        else:
+            with lockstep.Stream(list, fails_at_3, engine=engine) as st:
+                st.extend(source(10))
+    except (Boom, TypeError):
+        pass
+
+
+@pytest.mark.parametrize("runs", [RUNS])
+def test_no_leaks(engine, runs):
+    runs = runs if engine != "thread" else runs // 5  # threads cost ~100 us each
+    for k in range(200):
+        one_round(engine, k)
+    gc.collect()
+    objects = len(gc.get_objects())
+    item_refs, result_refs = sys.getrefcount(ITEM), sys.getrefcount(RESULT)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for k in range(runs):
+            one_round(engine, k)
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    gc.collect()
+    assert sys.getrefcount(ITEM) == item_refs
+    assert sys.getrefcount(RESULT) == result_refs
+    assert len(gc.get_objects()) - objects < 50
+    assert after - before < 64 * 1024, (before, after)

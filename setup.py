@@ -1,0 +1,65 @@
+"""setup.py: builds the lockstep Python extension (lockstep._lockstep).
+
+The metadata lives in pyproject.toml; this file only describes the C
+extension, which compiles the lockstep core (src/*.c) together with the
+binding (python/lockstep/_lockstep.c), so the module needs no installed
+liblockstep.  The fiber engine is compiled with LOCKSTEP_FORCE_UCONTEXT (no
+assembly to build; Python never runs consumers on raw fibers anyway).  The
+greenlet engine is compiled in when greenlet's C header is found
+(python-greenlet-dev on Debian, or the greenlet wheel's own copy); set
+LOCKSTEP_NO_GREENLET_BUILD=1 to leave it out.
+
+    /usr/bin/python3 setup.py build_ext --inplace      # python/lockstep/_lockstep*.so
+    /usr/bin/python3 -m pip install --no-build-isolation .
+"""
+import os
+import sys
+import sysconfig
+
+from setuptools import Extension, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def greenlet_include():
+    """The directory holding greenlet.h, or None."""
+    if os.environ.get("LOCKSTEP_NO_GREENLET_BUILD"):
+        return None
+    candidates = [os.path.join(sysconfig.get_paths()["include"], "greenlet"),
+                  os.path.join(sys.prefix, "include", "site",
+                               f"python{sys.version_info[0]}.{sys.version_info[1]}", "greenlet")]
+    try:
+        import greenlet
+        candidates.append(os.path.dirname(greenlet.__file__))
+    except ImportError:
+        pass
+    for d in candidates:
+        if os.path.isfile(os.path.join(d, "greenlet.h")):
+            return d
+    return None
+
+
+GREENLET_INC = greenlet_include()
+if GREENLET_INC is None:
+    print("lockstep: greenlet.h not found; building without the greenlet engine", file=sys.stderr)
+
+ext = Extension(
+    "lockstep._lockstep",
+    sources=["python/lockstep/_lockstep.c", "src/core.c", "src/engine_fiber.c",
+             "src/engine_buffer.c", "src/engine_thread.c", "src/fiber.c"],
+    include_dirs=["include", "src"] + ([GREENLET_INC] if GREENLET_INC else []),
+    define_macros=[("_GNU_SOURCE", None), ("LOCKSTEP_FORCE_UCONTEXT", None),
+                   ("LOCKSTEP_NO_GUARD_HANDLER", None),
+                   ("LOCKSTEP_HAVE_GREENLET", "1" if GREENLET_INC else "0")],
+    depends=["include/lockstep.h", "src/internal.h", "src/fiber.h"],
+    extra_compile_args=["-std=gnu11", "-fvisibility=hidden", "-Wall", "-Wextra",
+                        "-Wno-unused-parameter", "-Wno-missing-field-initializers",
+                        "-Wno-cast-function-type"],
+    extra_link_args=["-pthread"],
+)
+
+setup(
+    ext_modules=[ext],
+    # Keep setuptools' scratch files out of the way of CMake's build/.
+    options={"build": {"build_base": "python/build"}},
+)
