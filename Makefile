@@ -99,15 +99,15 @@ test-aarch64:
 	$(call cmake_build,build-aarch64,RelWithDebInfo,-DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake -DLOCKSTEP_BUILD_BENCH=OFF)
 	cd build-aarch64 && LOCKSTEP_TEST_SCALE=4 ctest --output-on-failure -j $(JOBS)
 
-bench: build
+bench: build python
 	@$(DEPS) bench
-	./build/bench/bench_c $(if $(QUICK),--quick,--sweep)
+	QUICK=$(QUICK) scripts/bench.sh
 
 install: build python
 	cmake --install build --prefix $(PREFIX)
 
 clean:
-	rm -rf build build-asan build-asan-clang build-tsan build-ucontext build-aarch64 python/build
+	rm -rf build build-asan build-asan-clang build-tsan build-ucontext build-aarch64 build-bench-ucontext python/build
 	rm -f python/lockstep/_lockstep*.so
 
 , := ,

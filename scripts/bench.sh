@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# scripts/bench.sh: the whole benchmark suite in one go (make bench).  Runs the
+# C table (with the window sweep), the ucontext fiber variant, the raw
+# context-switch micro-benchmark and the Python table (with its sweep), then
+# writes everything to bench/results/: one JSON file per suite, the Markdown
+# tables, and chart.png.  QUICK=1 runs a small smoke version.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=bench/results
+mkdir -p "$out"
+PY=/usr/bin/python3
+quick=${QUICK:-}
+
+echo "== C engines (bench_c) =="
+if [[ -n $quick ]]; then
+  ./build/bench/bench_c --quick --json "$out/c.json" | tee "$out/c.md"
+else
+  ./build/bench/bench_c --sweep --json "$out/c.json" | tee "$out/c.md"
+fi
+
+echo "== fiber on glibc ucontext (forced) =="
+cmake -S . -B build-bench-ucontext -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLOCKSTEP_FORCE_UCONTEXT=ON \
+  -DBUILD_TESTING=OFF -DLOCKSTEP_BUILD_EXAMPLES=OFF >/dev/null
+cmake --build build-bench-ucontext -j "$(nproc)" --target bench_c >/dev/null
+./build-bench-ucontext/bench/bench_c --only fiber --variant ucontext ${quick:+--quick} \
+  --json "$out/c_ucontext.json" | tee "$out/c_ucontext.md"
+
+echo "== raw context switch (switch_bench) =="
+./build/bench/switch_bench | tee "$out/switch.md"
+./build/bench/switch_bench --json > "$out/switch.json"
+
+echo "== Python (py_bench) =="
+$PY bench/py_bench.py --pythonpath python ${quick:+--quick} --window-sweep --json "$out/py.json" \
+  | tee "$out/py.md"
+
+$PY bench/py_chart.py --out "$out/chart.png" "$out/py.json" "$out/c.json" "$out/c_ucontext.json"
+echo "results in $out/ (c.json, c_ucontext.json, switch.json, py.json, *.md, chart.png)"
