@@ -12,6 +12,7 @@
 #include "lockstep.h"
 
 #include <inttypes.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -628,6 +629,60 @@ static void test_push(void)
     CHECK_EQ(r.close_rc, LOCKSTEP_ESTATE);
 }
 
+/* drop_items: every item is released exactly once, and never while some
+ * consumer may still be handed it.  This is what lets the Python binding
+ * keep references in the window. */
+#define DROP_ITEMS 3000
+static _Atomic int dropped[DROP_ITEMS];
+static _Atomic long early_drops;
+
+static void count_drops(void *arg, void *items, size_t count)
+{
+    (void)arg;
+    for (size_t i = 0; i < count; i++) {
+        int64_t pos = ((int64_t *)items)[i];
+        if (pos >= 0 && pos < DROP_ITEMS)
+            atomic_fetch_add(&dropped[pos], 1);
+    }
+}
+
+static int check_not_dropped(lockstep_iter *it, void *arg)
+{
+    const int64_t *x;
+    uint64_t stop = *(uint64_t *)arg;
+    while (lockstep_position(it) < stop && (x = lockstep_next(it)) != NULL)
+        if (atomic_load(&dropped[*x]) != 0)
+            atomic_fetch_add(&early_drops, 1);
+    return 0;
+}
+
+static void test_drop_items(void)
+{
+    static const size_t windows[] = {1, 3, 64, 0};
+    for (size_t w = 0; w < sizeof windows / sizeof windows[0]; w++) {
+        for (int i = 0; i < DROP_ITEMS; i++)
+            atomic_store(&dropped[i], 0);
+        atomic_store(&early_drops, 0);
+        uint64_t all = UINT64_MAX, some = 1234;
+        lockstep_consumer cs[2] = {{check_not_dropped, &all}, {check_not_dropped, &some}};
+        lockstep_options o = opts(windows[w], NULL);
+        lockstep_stream *s;
+        CHECK_EQ(lockstep_open(&s, sizeof(int64_t), cs, 2, &o), 0);
+        s->drop_items = count_drops;
+        int64_t pushed = 0;
+        for (; pushed < DROP_ITEMS; pushed++)
+            if (lockstep_push(s, &pushed, 1) <= 0)
+                break;
+        CHECK_EQ(lockstep_close(s), 0);
+        CHECK_EQ(pushed, DROP_ITEMS);
+        long wrong = 0;
+        for (int i = 0; i < DROP_ITEMS; i++)
+            wrong += atomic_load(&dropped[i]) != 1;
+        CHECK_EQ(wrong, 0);
+        CHECK_EQ(atomic_load(&early_drops), 0);
+    }
+}
+
 /* Random scripted runs against the model and the buffer oracle. */
 static uint64_t rng_state = 0x9e3779b97f4a7c15u;
 
@@ -837,6 +892,7 @@ int main(int argc, char **argv)
     test_bad_input();
     test_misuse();
     test_push();
+    test_drop_items();
     test_random();
     test_allocation_failure();
     test_scale();

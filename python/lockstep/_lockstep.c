@@ -106,15 +106,6 @@ struct runstate {
     lockstep_blocking_hook hook;
     unsigned long owner;       /* thread that opened the stream */
     unsigned tick;             /* items since the last signal check */
-    /* Thread engine only: the references of the last `window` items, the
-     * slot for stream position q being keep[q % window].  The thread engine
-     * (src/engine_thread.c as of this writing) calls drop_items when it
-     * publishes a segment, before consumer threads have read it, so the
-     * binding cannot hand it the references.  Writing position q implies
-     * every consumer has released position q - window (the window bound),
-     * so that is when the reference for q - window is released here. */
-    PyObject **keep;
-    size_t keep_i;
     int busy;                  /* producer-side re-entrancy guard */
 };
 
@@ -674,10 +665,6 @@ static void rs_clear(runstate *rs)
     }
     PyMem_Free(rs->slots);
     rs->slots = NULL;
-    for (size_t i = 0; rs->keep != NULL && i < rs->window; i++)
-        Py_CLEAR(rs->keep[i]);
-    PyMem_Free(rs->keep);
-    rs->keep = NULL;
     rs->n = 0;
     Py_CLEAR(rs->src_exc);
     Py_CLEAR(rs->lib_exc);
@@ -734,22 +721,8 @@ static int rs_open(runstate *rs)
         return -1;
     }
     /* Nothing has been pushed yet, so the window holds no references. */
-    if (rs->engine == ENG_THREAD) {
-        /* Work-around, see keep in struct runstate: the binding holds the
-         * references itself instead of using drop_items. */
-        rs->keep = PyMem_Calloc(rs->window, sizeof *rs->keep);
-        if (rs->keep == NULL) {
-            PyErr_NoMemory();
-            rs->busy = 1;
-            (void)lockstep_close(rs->s);
-            rs->busy = 0;
-            rs->s = NULL;
-            return -1;
-        }
-    } else {
-        rs->s->drop_items = drop_items;
-        rs->s->drop_arg = rs;
-    }
+    rs->s->drop_items = drop_items;
+    rs->s->drop_arg = rs;
     return 0;
 }
 
@@ -780,13 +753,6 @@ static inline int rs_put(runstate *rs, PyObject *item)
 {
     lockstep_stream *s = rs->s;
     ((PyObject **)s->win)[s->filled] = item;
-    if (rs->keep != NULL) {
-        PyObject *old = rs->keep[rs->keep_i];
-        rs->keep[rs->keep_i] = item; /* the window's copy is now borrowed */
-        if (++rs->keep_i == rs->window)
-            rs->keep_i = 0;
-        Py_XDECREF(old);
-    }
     return lockstep__commit_one(s) != 0;
 }
 

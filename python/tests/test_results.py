@@ -101,3 +101,11 @@ def test_stream_close_returns_results(engine):
     assert st.close() == (499500, 999)
     assert st.close() == (499500, 999)
     assert st.results == (499500, 999)
+
+
+def test_thread_strict_three_consumers_no_lost_wakeup():
+    """Regression: three consumers at window=1 on the thread engine once
+    lost a wake-up in the core and hung (the watchdog turns a hang into a
+    failure)."""
+    assert lockstep.run(iter(range(20000)), sum, max, min, window=1, engine="thread") == (
+        sum(range(20000)), 19999, 0)
