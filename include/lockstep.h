@@ -123,7 +123,7 @@ typedef struct {
  */
 typedef struct {
     lockstep_engine engine;   /* LOCKSTEP_ENGINE_FIBER by default */
-    size_t window;            /* items per window; 0 = default (see docs/DESIGN.md), 1 = strict lockstep */
+    size_t window;            /* items per window; 0 = the engine's default (LOCKSTEP_DEFAULT_*WINDOW), 1 = strict lockstep */
     size_t stack_size;        /* fiber or thread stack in bytes; 0 = LOCKSTEP_DEFAULT_STACK_SIZE */
     lockstep_report *report;  /* optional: filled in when the run ends */
     const lockstep_blocking_hook *blocking; /* optional, thread engine only */
@@ -132,8 +132,12 @@ typedef struct {
 
 #define LOCKSTEP_OPTIONS_INIT {LOCKSTEP_ENGINE_FIBER, 0, 0, NULL, NULL, {NULL, NULL, NULL, NULL}}
 
-/* Default window, chosen by bench/window_sweep (docs/DESIGN.md). */
+/* Default windows, chosen by the window sweep (make bench; docs/DESIGN.md).
+ * A thread hand-off costs microseconds where a fiber switch costs
+ * nanoseconds, so the thread engine needs a larger window to amortise it.
+ * lockstep_report.window tells which one a run used. */
 #define LOCKSTEP_DEFAULT_WINDOW 256
+#define LOCKSTEP_DEFAULT_THREAD_WINDOW 4096
 /* Default stack for a fiber or consumer thread: 256 KiB, of which only the
  * pages a consumer touches cost memory. */
 #define LOCKSTEP_DEFAULT_STACK_SIZE (256u * 1024u)

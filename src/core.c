@@ -339,6 +339,14 @@ void lockstep__window_consumed(lockstep_stream *s)
 /* Largest window in bytes: anything past this is a typo, not a plan. */
 #define LOCKSTEP__MAX_WINDOW_BYTES ((size_t)1 << 40)
 
+/* The window a run uses: the caller's, else the engine's default. */
+static size_t default_window(const lockstep__engine_ops *ops, const lockstep_options *o)
+{
+    if (o->window != 0)
+        return o->window;
+    return ops->default_window ? ops->default_window : LOCKSTEP_DEFAULT_WINDOW;
+}
+
 /* Checks everything lockstep_open is given, before anything is allocated. */
 static int validate(const lockstep__engine_ops *ops, size_t item_size,
                     const lockstep_consumer *consumers, size_t n, const lockstep_options *o)
@@ -350,7 +358,7 @@ static int validate(const lockstep__engine_ops *ops, size_t item_size,
     for (size_t i = 0; i < n; i++)
         if (consumers[i].fn == NULL)
             return LOCKSTEP_EINVAL;
-    size_t window = o->window ? o->window : LOCKSTEP_DEFAULT_WINDOW;
+    size_t window = default_window(ops, o);
     if (window > LOCKSTEP_MAX_WINDOW || item_size > LOCKSTEP__MAX_WINDOW_BYTES / window)
         return LOCKSTEP_EINVAL;
     if (o->stack_size != 0 &&
@@ -406,7 +414,7 @@ int lockstep__open_ops(lockstep_stream **out, const lockstep__engine_ops *ops, v
     s->engine_arg = engine_arg;
     s->opts = *options;
     s->item_size = item_size;
-    s->window = options->window ? options->window : LOCKSTEP_DEFAULT_WINDOW;
+    s->window = default_window(ops, options);
     s->n = n;
     s->live = n;
     for (size_t i = 0; i < n; i++) {

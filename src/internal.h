@@ -108,6 +108,7 @@ struct lockstep_stream {
 
 struct lockstep__engine_ops {
     const char *name;
+    size_t default_window;           /* for window 0; 0 means LOCKSTEP_DEFAULT_WINDOW */
     /* Allocates engine state, and starts every consumer so that it runs up
      * to its first lockstep_next.  Returns 0 or a negative code, having freed
      * what it allocated. */

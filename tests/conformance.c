@@ -214,7 +214,8 @@ static void check_against_model(const script *sc, size_t count, const counter_so
     }
     if (m.failed == LOCKSTEP_FAILED_NONE && !is_buffer) {
         /* The pull bound: nothing more than window - 1 past the last stop. */
-        uint64_t w = window ? window : LOCKSTEP_DEFAULT_WINDOW;
+        uint64_t w = rep->window;
+        CHECK(window == 0 || w == window);
         CHECK(src->pulls >= m.last_stop);
         CHECK(src->pulls <= m.last_stop + w - 1);
         CHECK_EQ(rep->items_read, src->pulls);
@@ -280,7 +281,9 @@ static void test_sum_and_max(void)
         CHECK_EQ(max, 999);
         CHECK_EQ(rep.items_read, 999);
         CHECK_EQ(rep.failed, LOCKSTEP_FAILED_NONE);
-        CHECK_EQ(rep.window, windows[w] ? windows[w] : LOCKSTEP_DEFAULT_WINDOW);
+        CHECK_EQ(rep.window, windows[w]                          ? windows[w]
+                             : engine == LOCKSTEP_ENGINE_THREAD ? LOCKSTEP_DEFAULT_THREAD_WINDOW
+                                                                : LOCKSTEP_DEFAULT_WINDOW);
     }
 }
 
