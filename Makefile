@@ -16,7 +16,7 @@ CMAKE_FLAGS ?=
 DEPS = scripts/deps.sh
 
 .PHONY: all build python test-python demo test test-release test-asan test-asan-clang test-tsan \
-        test-valgrind test-ucontext test-aarch64 bench install clean
+        test-valgrind test-ucontext test-aarch64 test-fuzz fuzz bench install clean
 
 all: build python
 
@@ -48,7 +48,7 @@ demo: build python
 	@PYTHONPATH=python $(PYTHON) examples/sum_max.py
 
 # The whole matrix.  Each leg is also a target of its own.
-TEST_LEGS = test-release test-python test-asan test-asan-clang test-tsan test-ucontext test-valgrind test-aarch64
+TEST_LEGS = test-release test-python test-asan test-asan-clang test-tsan test-ucontext test-valgrind test-aarch64 test-fuzz
 
 test: $(TEST_LEGS)
 	@echo "make test: every leg passed ($(TEST_LEGS))"
@@ -99,6 +99,17 @@ test-aarch64:
 	$(call cmake_build,build-aarch64,RelWithDebInfo,-DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake -DLOCKSTEP_BUILD_BENCH=OFF)
 	cd build-aarch64 && LOCKSTEP_TEST_SCALE=4 ctest --output-on-failure -j $(JOBS)
 
+# The libFuzzer schedule fuzzer (clang, ASan+UBSan).  make test runs a
+# 60-second smoke; make fuzz FUZZ_TIME=600 runs longer.  New inputs go to
+# build-fuzz/corpus, crashes to build-fuzz/artifacts.
+FUZZ_TIME ?= 60
+fuzz test-fuzz:
+	@$(DEPS) build sanitize
+	$(call cmake_build,build-fuzz,RelWithDebInfo,-DCMAKE_C_COMPILER=clang -DLOCKSTEP_SANITIZE=address$(,)undefined -DLOCKSTEP_FUZZ=ON -DLOCKSTEP_BUILD_BENCH=OFF -DLOCKSTEP_BUILD_EXAMPLES=OFF)
+	mkdir -p build-fuzz/corpus build-fuzz/artifacts
+	ASAN_OPTIONS=detect_leaks=1 ./build-fuzz/tests/fuzz_schedule_libfuzzer -max_total_time=$(FUZZ_TIME) \
+	  -timeout=10 -print_final_stats=1 -artifact_prefix=build-fuzz/artifacts/ build-fuzz/corpus tests/fuzz_corpus
+
 bench: build python
 	@$(DEPS) bench
 	QUICK=$(QUICK) scripts/bench.sh
@@ -107,7 +118,7 @@ install: build python
 	cmake --install build --prefix $(PREFIX)
 
 clean:
-	rm -rf build build-asan build-asan-clang build-tsan build-ucontext build-aarch64 build-bench-ucontext python/build
+	rm -rf build build-asan build-asan-clang build-tsan build-ucontext build-aarch64 build-bench-ucontext build-fuzz python/build
 	rm -f python/lockstep/_lockstep*.so
 
 , := ,

@@ -153,8 +153,10 @@ LOCKSTEP_API void lockstep_options_init(lockstep_options *options);
  * Items are copied by value (item_size bytes) into a window of
  * options->window slots.  Returns 0 when every consumer succeeded, the code
  * of the failure earliest in the stream (ties: lowest consumer index, and a
- * consumer before the source), or a negative LOCKSTEP_E* code for bad input
- * or exhausted resources, in which case no consumer has run.
+ * consumer before the source), or a negative LOCKSTEP_E* code: for bad
+ * input (no consumer has run, no item was read), or for resources exhausted
+ * mid-run (consumers that had started were cancelled and have returned;
+ * everything is freed).
  */
 LOCKSTEP_API int lockstep_run(lockstep_source_fn source, void *source_arg, size_t item_size,
                               const lockstep_consumer *consumers, size_t n_consumers,
