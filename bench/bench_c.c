@@ -233,8 +233,12 @@ static void json_row(const char *suite, const row *r, const measurement *m, doub
  * row named "buffer engine" (or to the first row). */
 static void run_table(const char *suite, const row *rows, size_t count)
 {
-    measurement ms[32];
-    double base = 0;
+    measurement ms[64];
+    double base = 0; /* seconds per item of the reference row */
+    if (count > sizeof ms / sizeof ms[0]) {
+        fprintf(stderr, "run_table: too many rows\n");
+        exit(1);
+    }
     for (size_t i = 0; i < count; i++) {
         if (!lockstep_engine_available(rows[i].engine) && rows[i].kind != 0) {
             ms[i].median = -1;
@@ -242,7 +246,7 @@ static void run_table(const char *suite, const row *rows, size_t count)
         }
         ms[i] = measure(&rows[i]);
         if (strstr(rows[i].name, "buffer") != NULL || (base == 0 && i == 0))
-            base = ms[i].median;
+            base = ms[i].median / (double)rows[i].n;
     }
     printf("\n%s (N = %" PRIu64 ", %d runs each, median [min-max])\n", suite, rows[0].n, repeat);
     printf("| %-28s | %-22s | %-8s | %-10s |\n", "approach", "ns/item", "vs buffer", "peak RSS");
@@ -256,7 +260,7 @@ static void run_table(const char *suite, const row *rows, size_t count)
         char cell[64];
         snprintf(cell, sizeof cell, "%.2f [%.2f-%.2f]", ms[i].median * per, ms[i].min * per,
                  ms[i].max * per);
-        double ratio = base > 0 ? ms[i].median / base : 0;
+        double ratio = base > 0 ? ms[i].median / (double)rows[i].n / base : 0;
         printf("| %-28s | %-22s | %7.2fx | %6.1f MiB |\n", rows[i].name, cell, ratio,
                (double)ms[i].peak_kib / 1024.0);
         json_row(suite, &rows[i], &ms[i], ratio);

@@ -179,15 +179,16 @@ void lockstep__consumer_main(lockstep_iter *it)
 /* A stable address for iterators that have no range. */
 const unsigned char lockstep__empty_range[1];
 
-/* The fast path is two compares and an add; everything else is the
- * engine's slow path. */
-const void *lockstep_next(lockstep_iter *it)
+/* The real function behind lockstep.h's lockstep_next macro, for callers
+ * that take its address or define LOCKSTEP_NO_INLINE. */
+const void *(lockstep_next)(lockstep_iter *it)
 {
-    if (ALWAYS(it != NULL) && ALWAYS(it->cur < it->end)) {
-        const void *item = it->cur;
-        it->cur += it->item_size;
-        return item;
-    }
+    return lockstep__next_inline(it);
+}
+
+/* Everything but the fast path: the engine decides. */
+const void *lockstep__next_slow(lockstep_iter *it)
+{
     if (NEVER(it == NULL))
         return NULL;
     return it->stream->ops->next_slow(it);
@@ -420,7 +421,7 @@ int lockstep__open_ops(lockstep_stream **out, const lockstep__engine_ops *ops, v
     for (size_t i = 0; i < n; i++) {
         lockstep_iter *it = &s->iters[i];
         it->stream = s;
-        it->item_size = item_size;
+        it->head.item_size = item_size;
         it->index = i;
         it->consumer = consumers[i];
         lockstep__iter_park(it, 0);
@@ -552,14 +553,21 @@ int lockstep_close(lockstep_stream *s)
  * read unless some consumer may still want it. */
 void lockstep__pull(lockstep_stream *s, lockstep_source_fn source, void *source_arg)
 {
-    while (lockstep__wanted(s)) {
+    /* Cooperative consumers can only detach during a dispatch, so the
+     * question needs asking only after one; threaded ones may detach at any
+     * moment, so the producer asks before every item. */
+    const int every_item = s->ops->concurrent;
+    if (!lockstep__wanted(s))
+        return;
+    for (;;) {
         int rc = source(source_arg, s->win + s->filled * s->item_size);
         if (rc != 1) {
             if (rc != 0)
                 lockstep_fail(s, rc);
             return;
         }
-        if (lockstep__commit_one(s) < 0)
+        rc = lockstep__commit_one(s);
+        if (rc < 0 || ((rc == 1 || every_item) && !lockstep__wanted(s)))
             return;
     }
 }

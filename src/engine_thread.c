@@ -503,7 +503,7 @@ static void thread_destroy(lockstep_stream *s)
 static void park(lockstep_iter *it, uint64_t pos)
 {
     it->end_pos = pos;
-    it->cur = it->end = no_items;
+    it->head.cur = it->head.end = no_items;
 }
 
 /* Counts tc as primed once, and tells a producer waiting in open. */
@@ -623,9 +623,9 @@ static const void *thread_next_slow(lockstep_iter *it)
             if (cancel < stop)
                 stop = cancel; /* nobody receives an item at or past a failure */
             if (gate >= stop) {
-                const unsigned char *item = sl->buf + (size_t)(pos - sl->base) * it->item_size;
-                it->cur = item + it->item_size;
-                it->end = item + (size_t)(stop - pos) * it->item_size;
+                const unsigned char *item = sl->buf + (size_t)(pos - sl->base) * it->head.item_size;
+                it->head.cur = item + it->head.item_size;
+                it->head.end = item + (size_t)(stop - pos) * it->head.item_size;
                 it->end_pos = stop;
                 return item;
             }
@@ -821,6 +821,7 @@ static int thread_check_producer(const lockstep_stream *s)
 const lockstep__engine_ops lockstep__engine_thread = {
     .name = "thread",
     .default_window = LOCKSTEP_DEFAULT_THREAD_WINDOW,
+    .concurrent = 1,
     .open = thread_open,
     .dispatch = thread_dispatch,
     .finish = thread_finish,

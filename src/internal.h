@@ -28,10 +28,9 @@
 #define LOCKSTEP__RANK_LIBRARY ((size_t)-2)
 
 struct lockstep_iter {
-    /* Fast path: lockstep_next returns cur and advances it while cur < end. */
-    const unsigned char *cur;
-    const unsigned char *end;
-    size_t item_size;
+    /* Fast path: lockstep_next returns cur and advances it while cur < end.
+     * First, so that lockstep.h's inline lockstep_next can reach it. */
+    lockstep__iter_head head;
     lockstep_stream *stream;
     uint64_t end_pos;                /* stream position of the item at end */
     size_t index;
@@ -48,9 +47,9 @@ struct lockstep_iter {
  * has cur == end, so it never pays for the division. */
 static inline uint64_t lockstep__iter_pos(const lockstep_iter *it)
 {
-    if (it->cur == it->end)
+    if (it->head.cur == it->head.end)
         return it->end_pos;
-    return it->end_pos - (uint64_t)(it->end - it->cur) / it->item_size;
+    return it->end_pos - (uint64_t)(it->head.end - it->head.cur) / it->head.item_size;
 }
 
 typedef struct lockstep__engine_ops lockstep__engine_ops;
@@ -109,6 +108,7 @@ struct lockstep_stream {
 struct lockstep__engine_ops {
     const char *name;
     size_t default_window;           /* for window 0; 0 means LOCKSTEP_DEFAULT_WINDOW */
+    int concurrent;                  /* consumers run while the producer does (threads) */
     /* Allocates engine state, and starts every consumer so that it runs up
      * to its first lockstep_next.  Returns 0 or a negative code, having freed
      * what it allocated. */
@@ -123,7 +123,7 @@ struct lockstep__engine_ops {
     int (*finish)(lockstep_stream *s);
     /* Frees engine state.  Every consumer has returned or never started. */
     void (*destroy)(lockstep_stream *s);
-    /* Consumer side: it->cur == it->end.  Returns the next item or NULL. */
+    /* Consumer side: it->head.cur == it->head.end.  Returns the next item or NULL. */
     const void *(*next_slow)(lockstep_iter *it);
 
     /* Cooperative engines only (used by lockstep__coop_*): */
@@ -230,7 +230,7 @@ extern const unsigned char lockstep__empty_range[1];
 static inline void lockstep__iter_park(lockstep_iter *it, uint64_t pos)
 {
     it->end_pos = pos;
-    it->cur = it->end = lockstep__empty_range;
+    it->head.cur = it->head.end = lockstep__empty_range;
 }
 
 /* Points it at the window from position pos, stopping short of a realized
@@ -241,8 +241,8 @@ static inline void lockstep__iter_aim(lockstep_iter *it, uint64_t pos)
     uint64_t stop = s->base + s->filled;
     if (s->failed && s->fail_pos < stop)
         stop = s->fail_pos;
-    it->cur = s->win + (size_t)(pos - s->base) * it->item_size;
-    it->end = it->cur + (size_t)(stop - pos) * it->item_size;
+    it->head.cur = s->win + (size_t)(pos - s->base) * it->head.item_size;
+    it->head.end = it->head.cur + (size_t)(stop - pos) * it->head.item_size;
     it->end_pos = stop;
 }
 
@@ -260,8 +260,8 @@ static inline const void *lockstep__next_step(lockstep_iter *it, int *must_wait)
         }
         if (pos >= s->base && pos < s->base + s->filled) {
             lockstep__iter_aim(it, pos);
-            const unsigned char *item = it->cur;
-            it->cur += it->item_size;
+            const unsigned char *item = it->head.cur;
+            it->head.cur += it->head.item_size;
             return item;
         }
         if (s->src_pending && pos == s->src_pos) {

@@ -227,9 +227,9 @@ static PyObject *iter_next(IterObject *self)
     lockstep_iter *it = self->it;
     if (NEVER(it == NULL || it != tls_current))
         return iter_misuse(self);
-    if (ALWAYS(it->cur < it->end)) {
-        PyObject *item = *(PyObject *const *)it->cur;
-        it->cur += sizeof(PyObject *);
+    if (ALWAYS(it->head.cur < it->head.end)) {
+        PyObject *item = *(PyObject *const *)it->head.cur;
+        it->head.cur += sizeof(PyObject *);
         return Py_NewRef(item);
     }
     return iter_next_slow(self, it);
