@@ -156,8 +156,9 @@ LOCKSTEP_API void lockstep_options_init(lockstep_options *options);
  * Runs every consumer over the items produced by source, in one pass.
  * Items are copied by value (item_size bytes) into a window of
  * options->window slots.  Returns 0 when every consumer succeeded, the code
- * of the failure earliest in the stream (ties: lowest consumer index, and a
- * consumer before the source), or a negative LOCKSTEP_E* code: for bad
+ * of the failure earliest in the stream (ties: lowest consumer index; a
+ * consumer that fails without asking for more before the source, and a
+ * consumer that fails after it saw the end last), or a negative LOCKSTEP_E* code: for bad
  * input (no consumer has run, no item was read), or for resources exhausted
  * mid-run (consumers that had started were cancelled and have returned;
  * everything is freed).

@@ -162,7 +162,9 @@ void lockstep__consumer_finished(lockstep_iter *it, int rc)
     it->done = 1;
     s->live--;
     if (rc != 0 && !it->cancelled)
-        lockstep__record_failure(s, lockstep__iter_pos(it), it->index, rc);
+        lockstep__record_failure(s, lockstep__iter_pos(it),
+                                 it->finished ? LOCKSTEP__RANK_AFTER_END + it->index : it->index,
+                                 rc);
 }
 
 /* The body of every cooperative consumer context. */
@@ -354,7 +356,7 @@ static int validate(const lockstep__engine_ops *ops, size_t item_size,
 {
     if (ops == NULL || item_size == 0 || (n > 0 && consumers == NULL))
         return LOCKSTEP_EINVAL;
-    if (n > SIZE_MAX / sizeof(lockstep_iter))
+    if (n > SIZE_MAX / sizeof(lockstep_iter)) /* also keeps indices below the ranks */
         return LOCKSTEP_EINVAL;
     for (size_t i = 0; i < n; i++)
         if (consumers[i].fn == NULL)
@@ -535,9 +537,10 @@ int lockstep_close(lockstep_stream *s)
     if (s->failed) {
         code = s->fail_code;
         position = s->fail_pos;
-        failed = s->fail_rank == LOCKSTEP__RANK_SOURCE    ? LOCKSTEP_FAILED_SOURCE
-                 : s->fail_rank == LOCKSTEP__RANK_LIBRARY ? LOCKSTEP_FAILED_LIBRARY
-                                                          : (long)s->fail_rank;
+        failed = s->fail_rank == LOCKSTEP__RANK_SOURCE     ? LOCKSTEP_FAILED_SOURCE
+                 : s->fail_rank == LOCKSTEP__RANK_LIBRARY  ? LOCKSTEP_FAILED_LIBRARY
+                 : s->fail_rank >= LOCKSTEP__RANK_AFTER_END ? (long)(s->fail_rank - LOCKSTEP__RANK_AFTER_END)
+                                                            : (long)s->fail_rank;
     } else if (s->misuse) {
         code = s->misuse;
         failed = LOCKSTEP_FAILED_LIBRARY;

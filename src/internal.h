@@ -23,9 +23,16 @@
 #define ALWAYS(x) __builtin_expect(!!(x), 1)
 #define NEVER(x) __builtin_expect(!!(x), 0)
 
-/* Rank of the source in failure ties: after every consumer. */
-#define LOCKSTEP__RANK_SOURCE ((size_t)-1)
-#define LOCKSTEP__RANK_LIBRARY ((size_t)-2)
+/* Ranks break ties between failures at the same stream position p, in the
+ * order strict lockstep meets them: first consumers that fail without
+ * asking for item p (rank = index), then the library and the source (which
+ * fail when item p is read), then consumers that fail after lockstep_next
+ * told them the stream ended at p (rank = LOCKSTEP__RANK_AFTER_END +
+ * index): in strict lockstep they learn of the end only once nobody failed
+ * before the read. */
+#define LOCKSTEP__RANK_LIBRARY (SIZE_MAX / 2)
+#define LOCKSTEP__RANK_SOURCE (SIZE_MAX / 2 + 1)
+#define LOCKSTEP__RANK_AFTER_END (SIZE_MAX / 2 + 2)
 
 struct lockstep_iter {
     /* Fast path: lockstep_next returns cur and advances it while cur < end.

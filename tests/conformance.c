@@ -419,6 +419,47 @@ static void test_failures(void)
     }
 }
 
+/* Reads to the end, then fails: in strict lockstep it learns of the end
+ * only after every consumer that fails at that position without asking
+ * for more has done so, and after the source's read. */
+static int fail_after_end(lockstep_iter *it, void *arg)
+{
+    while (lockstep_next(it) != NULL) {
+    }
+    return lockstep_cancelled(it) ? 0 : *(int *)arg;
+}
+
+static void test_failure_after_end_ties(void)
+{
+    static const size_t windows[] = {1, 2, 3, 0};
+    for (size_t w = 0; w < sizeof windows / sizeof windows[0]; w++) {
+        int after_end_code = 5;
+        script sc[2];
+        script_init(&sc[0], FAIL_AT, 2, 7); /* fails at 2 without asking for item 2 */
+        lockstep_consumer cs[2] = {{fail_after_end, &after_end_code}, {sum_max_consumer, &sc[0]}};
+        counter_source src = counter(2);
+        lockstep_report rep;
+        lockstep_options o = opts(windows[w], &rep);
+        CHECK_EQ(lockstep_run(counter_pull, &src, 8, cs, 2, &o), 7);
+        CHECK_EQ(rep.failed, 1);
+        CHECK_EQ(rep.position, 2);
+
+        /* Alone, the consumer that fails after the end decides the run. */
+        src = counter(2);
+        CHECK_EQ(lockstep_run(counter_pull, &src, 8, cs, 1, &o), 5);
+        CHECK_EQ(rep.failed, 0);
+        CHECK_EQ(rep.position, 2);
+
+        /* The source failing at 2 comes before an after-the-end failure
+         * there: the consumer asked for item 2 and was cancelled. */
+        src = counter(10);
+        src.fail_at = 2;
+        src.fail_code = -3;
+        CHECK_EQ(lockstep_run(counter_pull, &src, 8, cs, 1, &o), -3);
+        CHECK_EQ(rep.failed, LOCKSTEP_FAILED_SOURCE);
+    }
+}
+
 /* Each consumer keeps its previous pointer and checks it until the next
  * call: items are copied whole, and stay valid as promised. */
 typedef struct {
@@ -892,6 +933,7 @@ int main(int argc, char **argv)
     test_zero_consumers_and_items();
     test_early_exit_and_infinite_source();
     test_failures();
+    test_failure_after_end_ties();
     test_big_items();
     test_nesting();
     test_bad_input();
