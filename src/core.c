@@ -305,10 +305,8 @@ void lockstep__coop_destroy(lockstep_stream *s)
 const void *lockstep__coop_next_slow(lockstep_iter *it)
 {
     lockstep_stream *s = it->stream;
-    if (NEVER(s->current != it)) {
-        s->misuse = LOCKSTEP_EPERM;
+    if (!lockstep__iter_is_current(it))
         return NULL;
-    }
     for (;;) {
         int must_wait;
         const void *item = lockstep__next_step(it, &must_wait);

@@ -66,10 +66,8 @@ static const void *buffer_next_slow(lockstep_iter *it)
 {
     lockstep_stream *s = it->stream;
     int must_wait;
-    if (NEVER(s->current != it)) {
-        s->misuse = LOCKSTEP_EPERM;
+    if (!lockstep__iter_is_current(it))
         return NULL;
-    }
     const void *item = lockstep__next_step(it, &must_wait);
     if (NEVER(must_wait))
         s->misuse = LOCKSTEP_ESTATE;

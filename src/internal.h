@@ -287,6 +287,17 @@ static inline const void *lockstep__next_step(lockstep_iter *it, int *must_wait)
     }
 }
 
+/* True when it belongs to the consumer running now on its single-threaded
+ * stream; otherwise records the misuse (the run will return
+ * LOCKSTEP_EPERM) so that lockstep_next can return NULL. */
+static inline int lockstep__iter_is_current(lockstep_iter *it)
+{
+    if (ALWAYS(it->stream->current == it))
+        return 1;
+    it->stream->misuse = LOCKSTEP_EPERM;
+    return 0;
+}
+
 /* One step of the generic slow path is lockstep__next_step above: it
  * returns the next item, or NULL with *must_wait set when the consumer must
  * wait for the window to advance, or NULL (end or cancel) with *must_wait
