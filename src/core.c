@@ -240,30 +240,6 @@ fail:
     return rc;
 }
 
-/* A round lets every live consumer, in index order, take what the window
- * offers.  round_begin returns the first consumer to run (or NULL), and
- * makes it current. */
-lockstep_iter *lockstep__round_begin(lockstep_stream *s)
-{
-    s->dispatching = 1;
-    s->cursor = 0;
-    return lockstep__round_next(s);
-}
-
-/* Ends the round: drops consumers that returned from the order list and
- * hands the window back to the producer. */
-void lockstep__round_end(lockstep_stream *s)
-{
-    size_t kept = 0;
-    for (size_t k = 0; k < s->n_order; k++)
-        if (!s->iters[s->order[k]].done)
-            s->order[kept++] = s->order[k];
-    s->n_order = kept;
-    s->current = NULL;
-    s->dispatching = 0;
-    lockstep__window_consumed(s);
-}
-
 /* The generic round: the scheduler resumes each consumer in turn and each
  * suspends back to it. */
 int lockstep__coop_dispatch(lockstep_stream *s)
@@ -317,15 +293,6 @@ const void *lockstep__coop_next_slow(lockstep_iter *it)
             lockstep__record_failure(s, lockstep__iter_pos(it), LOCKSTEP__RANK_LIBRARY, rc);
         }
     }
-}
-
-/* The producer may reuse the window: its items now lie behind every
- * consumer that is still running. */
-void lockstep__window_consumed(lockstep_stream *s)
-{
-    lockstep__drop(s, s->win, s->filled);
-    s->base += s->filled;
-    s->filled = 0;
 }
 
 /* ------------------------------------------------------------------------

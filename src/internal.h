@@ -183,12 +183,6 @@ int lockstep__coop_finish(lockstep_stream *s);
 void lockstep__coop_destroy(lockstep_stream *s);
 const void *lockstep__coop_next_slow(lockstep_iter *it);
 
-/* Rounds, for cooperative engines that hand control from one consumer
- * straight to the next: begin returns the first consumer to run, next the
- * one after the current (NULL: back to the producer), end tidies up. */
-lockstep_iter *lockstep__round_begin(lockstep_stream *s);
-void lockstep__round_end(lockstep_stream *s);
-
 /* Hands the full window to the engine; an engine failure is recorded as
  * a library failure at the current position.  Returns 0 or that code. */
 int lockstep__dispatch(lockstep_stream *s);
@@ -224,8 +218,6 @@ static inline void lockstep__drop(lockstep_stream *s, void *items, size_t count)
         s->drop_items(s->drop_arg, items, count);
 }
 
-/* Where the producer's window ended up: base advances by filled. */
-void lockstep__window_consumed(lockstep_stream *s);
 
 /* --- The consumer side's decisions, inline because every window of every
  * consumer goes through them (src/core.c holds the rest). ---------------- */
@@ -316,6 +308,43 @@ static inline lockstep_iter *lockstep__round_next(lockstep_stream *s)
     }
     s->current = NULL;
     return NULL;
+}
+
+/* The producer may reuse the window: its items now lie behind every
+ * consumer that is still running. */
+static inline void lockstep__window_consumed(lockstep_stream *s)
+{
+    lockstep__drop(s, s->win, s->filled);
+    s->base += s->filled;
+    s->filled = 0;
+}
+
+/* A round lets every live consumer, in index order, take what the window
+ * offers.  round_begin returns the first consumer to run (or NULL), and
+ * makes it current. */
+static inline lockstep_iter *lockstep__round_begin(lockstep_stream *s)
+{
+    s->dispatching = 1;
+    s->cursor = 0;
+    return lockstep__round_next(s);
+}
+
+/* Ends the round: drops consumers that returned from the order list and
+ * hands the window back to the producer. */
+static inline void lockstep__round_end(lockstep_stream *s)
+{
+    /* Compacting costs a pass over the list: only worth it when some
+     * consumer returned during the round. */
+    if (atomic_load_explicit(&s->live, memory_order_relaxed) != s->n_order) {
+        size_t kept = 0;
+        for (size_t k = 0; k < s->n_order; k++)
+            if (!s->iters[s->order[k]].done)
+                s->order[kept++] = s->order[k];
+        s->n_order = kept;
+    }
+    s->current = NULL;
+    s->dispatching = 0;
+    lockstep__window_consumed(s);
 }
 
 /* --- Allocation, with fault injection (src/core.c) ---------------------- */
