@@ -55,6 +55,7 @@ test: $(TEST_LEGS)
 
 test-release: build
 	cd build && ctest --output-on-failure -j $(JOBS)
+	tests/install_smoke.sh build
 
 # The Python suite on every engine, then again with greenlet made
 # unimportable, which proves the thread fallback.
