@@ -29,8 +29,10 @@ extern "C" {
 #define LOCKSTEP_VERSION_HEX \
     ((LOCKSTEP_VERSION_MAJOR << 16) | (LOCKSTEP_VERSION_MINOR << 8) | LOCKSTEP_VERSION_PATCH)
 
-#if !defined(__GNUC__) && !defined(__builtin_expect)
-#  define __builtin_expect(x, y) (x)
+#if defined(__GNUC__)
+#  define LOCKSTEP__LIKELY(x) __builtin_expect(!!(x), 1)
+#else
+#  define LOCKSTEP__LIKELY(x) (x)
 #endif
 
 #if defined(_WIN32)
@@ -191,7 +193,7 @@ LOCKSTEP_API const void *lockstep__next_slow(lockstep_iter *it);
 static inline const void *lockstep__next_inline(lockstep_iter *it)
 {
     lockstep__iter_head *head = (lockstep__iter_head *)(void *)it;
-    if (__builtin_expect(it != NULL && head->cur < head->end, 1)) {
+    if (LOCKSTEP__LIKELY(it != NULL && head->cur < head->end)) {
         const void *item = head->cur;
         head->cur += head->item_size;
         return item;
