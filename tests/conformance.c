@@ -8,6 +8,7 @@
  * model of strict lockstep and with the buffer engine (the oracle).
  */
 #include "check.h"
+#include "push_chunks.h"
 #include "internal.h" /* lockstep__fault_arm, for the allocation-failure test */
 #include "lockstep.h"
 
@@ -759,21 +760,7 @@ static int run_scripted(lockstep_engine e, script *sc, size_t count, counter_sou
     int rc = lockstep_open(&s, sizeof(int64_t), cs, count, &o);
     if (rc < 0)
         return rc;
-    int64_t chunk[17];
-    for (;;) {
-        size_t want = 1 + (size_t)rnd(17), got = 0;
-        int item_rc = 1;
-        while (got < want && (item_rc = counter_pull(src, &chunk[got])) == 1)
-            got++;
-        if (got > 0 && lockstep_push(s, chunk, got) <= 0)
-            break;
-        if (item_rc != 1) {
-            if (item_rc != 0)
-                lockstep_fail(s, item_rc);
-            break;
-        }
-    }
-    return lockstep_close(s);
+    return push_in_chunks(s, counter_pull, src, sizeof(int64_t), 17, rnd);
 }
 
 static void random_case(int use_push)

@@ -9,6 +9,7 @@
  * left running.  `stress_thread [RUNS]`; LOCKSTEP_STRESS_RUNS also sets it.
  */
 #include "check.h"
+#include "push_chunks.h"
 #include "internal.h" /* lockstep__fault_arm */
 #include "lockstep.h"
 
@@ -111,21 +112,7 @@ static int run(lockstep_engine e, script *sc, size_t n, source src, size_t windo
     int rc = lockstep_open(&s, sizeof(uint64_t), cs, n, &o);
     if (rc < 0)
         return rc;
-    uint64_t chunk[40];
-    for (;;) {
-        size_t want = 1 + (size_t)rnd(40), got = 0;
-        int item_rc = 1;
-        while (got < want && (item_rc = pull(&src, &chunk[got])) == 1)
-            got++;
-        if (got > 0 && lockstep_push(s, chunk, got) <= 0)
-            break;
-        if (item_rc != 1) {
-            if (item_rc != 0)
-                lockstep_fail(s, item_rc);
-            break;
-        }
-    }
-    return lockstep_close(s);
+    return push_in_chunks(s, pull, &src, sizeof(uint64_t), 40, rnd);
 }
 
 /* One random case: thread against buffer. */

@@ -1,0 +1,45 @@
+/*
+ * push_chunks.h: the push-side driver the C tests share.  It feeds a
+ * stream from a source function in chunks of random size, as a producer
+ * driven by callbacks would, reports a source error with lockstep_fail,
+ * and closes the stream.
+ */
+#ifndef LOCKSTEP_TEST_PUSH_CHUNKS_H
+#define LOCKSTEP_TEST_PUSH_CHUNKS_H
+
+#include "lockstep.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+
+/* Pulls items (item_size bytes each) from pull(src, item) and pushes them
+ * into s in chunks of 1..max_chunk items, sized by rnd(bound), which
+ * returns a number below bound.  Stops when no consumer wants more or the
+ * source ends or fails (then lockstep_fail).  Returns lockstep_close(s),
+ * or LOCKSTEP_ENOMEM (after closing s) when the chunk buffer cannot be had. */
+static int push_in_chunks(lockstep_stream *s, lockstep_source_fn pull, void *src,
+                          size_t item_size, size_t max_chunk, uint64_t (*rnd)(uint64_t bound))
+{
+    unsigned char *chunk = malloc(max_chunk * item_size);
+    if (chunk == NULL) {
+        lockstep_close(s);
+        return LOCKSTEP_ENOMEM;
+    }
+    for (;;) {
+        size_t want = 1 + (size_t)rnd(max_chunk), got = 0;
+        int item_rc = 1;
+        while (got < want && (item_rc = pull(src, chunk + got * item_size)) == 1)
+            got++;
+        if (got > 0 && lockstep_push(s, chunk, got) <= 0)
+            break;
+        if (item_rc != 1) {
+            if (item_rc != 0)
+                lockstep_fail(s, item_rc);
+            break;
+        }
+    }
+    free(chunk);
+    return lockstep_close(s);
+}
+
+#endif
