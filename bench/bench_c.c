@@ -217,6 +217,31 @@ static measurement measure(const row *r)
     return out;
 }
 
+/* Starts the JSON document: which machine, compiler and build measured. */
+static void write_machine(FILE *out)
+{
+    char cpu[128] = "unknown";
+    FILE *info = fopen("/proc/cpuinfo", "r");
+    char line[256];
+    while (info != NULL && fgets(line, sizeof line, info) != NULL) {
+        char *colon = strchr(line, ':');
+        if (strncmp(line, "model name", 10) == 0 && colon != NULL) {
+            snprintf(cpu, sizeof cpu, "%s", colon + 2);
+            cpu[strcspn(cpu, "\n\"")] = '\0';
+            break;
+        }
+    }
+    if (info != NULL)
+        fclose(info);
+    char date[32];
+    time_t t = time(NULL);
+    strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", gmtime(&t));
+    fprintf(out,
+            "{\"machine\": {\"cpu\": \"%s\", \"cores\": %ld, \"compiler\": \"%s\", "
+            "\"lockstep\": \"%s\", \"date\": \"%s\"},\n \"variant\": \"%s\", \"rows\": [",
+            cpu, sysconf(_SC_NPROCESSORS_ONLN), __VERSION__, lockstep_version_string(), date, variant);
+}
+
 static void json_row(const char *suite, const row *r, const measurement *m, double ratio)
 {
     if (json == NULL)
@@ -330,7 +355,7 @@ int main(int argc, char **argv)
         return 1;
     }
     if (json)
-        fprintf(json, "{\"variant\": \"%s\", \"rows\": [", variant);
+        write_machine(json);
 
     uint64_t n = n_items;
     if (demo) {
