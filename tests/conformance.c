@@ -8,6 +8,7 @@
  * model of strict lockstep and with the buffer engine (the oracle).
  */
 #include "check.h"
+#include "counter_source.h"
 #include "push_chunks.h"
 #include "internal.h" /* lockstep__fault_arm, for the allocation-failure test */
 #include "lockstep.h"
@@ -24,31 +25,6 @@ static int is_buffer; /* the buffer engine is exempt from the pull bound */
  * Sources.
  * ------------------------------------------------------------------------ */
 
-/* Yields 0, 1, 2, ... up to limit (UINT64_MAX: forever); fails with
- * fail_code when asked for item fail_at. */
-typedef struct {
-    uint64_t next, limit, fail_at;
-    int fail_code;
-    uint64_t pulls; /* calls that produced an item */
-} counter_source;
-
-static int counter_pull(void *arg, void *item)
-{
-    counter_source *src = arg;
-    if (src->next == src->fail_at)
-        return src->fail_code;
-    if (src->next >= src->limit)
-        return 0;
-    *(int64_t *)item = (int64_t)src->next++;
-    src->pulls++;
-    return 1;
-}
-
-static counter_source counter(uint64_t limit)
-{
-    counter_source s = {0, limit, UINT64_MAX, 0, 0};
-    return s;
-}
 
 /* ------------------------------------------------------------------------
  * Scripted consumers: the building block of the model-based tests.

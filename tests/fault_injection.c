@@ -21,6 +21,7 @@
  * An engine the build does not have is checked for LOCKSTEP_ENOTSUP only.
  */
 #include "check.h"
+#include "counter_source.h"
 #include "internal.h" /* lockstep__fault_arm and the LOCKSTEP__FAULT_* kinds */
 #include "lockstep.h"
 
@@ -54,30 +55,6 @@ static const char *const kind_names[LOCKSTEP__FAULT_KINDS] = {"alloc", "mmap", "
  * Source and consumers.
  * ------------------------------------------------------------------------ */
 
-/* Yields int64 0, 1, ... below limit; fails with fail_code at fail_at. */
-typedef struct {
-    uint64_t next, limit, fail_at;
-    int fail_code;
-} source;
-
-/* lockstep_source_fn over a source. */
-static int source_pull(void *arg, void *item)
-{
-    source *s = arg;
-    if (s->next == s->fail_at)
-        return s->fail_code;
-    if (s->next >= s->limit)
-        return 0;
-    *(int64_t *)item = (int64_t)s->next++;
-    return 1;
-}
-
-/* Returns a source of limit items that never fails. */
-static source make_source(uint64_t limit)
-{
-    source s = {0, limit, UINT64_MAX, 0};
-    return s;
-}
 
 enum { C_SUM, C_STOP, C_FAIL, C_NEST };
 
@@ -115,12 +92,12 @@ static int nested_run(lockstep_engine e)
     consumer_init(&in[0], C_SUM, 0, 0, e);
     consumer_init(&in[1], C_STOP, 7, 0, e);
     lockstep_consumer cs[2] = {{scripted, &in[0]}, {scripted, &in[1]}};
-    source src = make_source(100);
+    counter_source src = counter(100);
     lockstep_options o;
     lockstep_options_init(&o);
     o.engine = e;
     o.window = 3;
-    int rc = lockstep_run(source_pull, &src, sizeof(int64_t), cs, 2, &o);
+    int rc = lockstep_run(counter_pull, &src, sizeof(int64_t), cs, 2, &o);
     if (rc != 0)
         return rc;
     return in[0].sum == 4950 && in[1].count == 7 ? 0 : 1;
@@ -184,7 +161,7 @@ static long consumers_ran_on_library_error; /* see the note in check_outcome */
 
 /* Runs the consumers over src with the push API in chunks of 7, calling
  * lockstep_fail where the source fails.  Fills r. */
-static void push_run(source *src, const lockstep_consumer *cs, size_t n,
+static void push_run(counter_source *src, const lockstep_consumer *cs, size_t n,
                      const lockstep_options *o, run_result *r)
 {
     lockstep_stream *s;
@@ -196,7 +173,7 @@ static void push_run(source *src, const lockstep_consumer *cs, size_t n,
     for (;;) {
         size_t got = 0;
         int item_rc = 1;
-        while (got < 7 && (item_rc = source_pull(src, &chunk[got])) == 1)
+        while (got < 7 && (item_rc = counter_pull(src, &chunk[got])) == 1)
             got++;
         long live = lockstep_push(s, chunk, got);
         if (live < 0)
@@ -223,7 +200,7 @@ static void run_scenario(int sc, lockstep_engine e, consumer_state *storage, run
     o.window = 8;
     o.report = &r->rep;
     memset(&r->rep, 0, sizeof r->rep);
-    source src = make_source(200);
+    counter_source src = counter(200);
     size_t n = 3;
     consumer_init(&storage[0], C_SUM, 0, 0, e);
     consumer_init(&storage[1], C_STOP, 50, 0, e);
@@ -246,12 +223,12 @@ static void run_scenario(int sc, lockstep_engine e, consumer_state *storage, run
         n = WIDE;
         for (size_t i = 0; i < n; i++)
             consumer_init(&storage[i], i % 10 == 3 ? C_STOP : C_SUM, 10 + i, 0, e);
-        src = make_source(1000);
+        src = counter(1000);
         o.window = 0;
         o.stack_size = 64 * 1024;
         break;
     case S_LONG:
-        src = make_source(5000); /* the buffer engine grows 512 -> 8192 */
+        src = counter(5000); /* the buffer engine grows 512 -> 8192 */
         o.window = 64;
         break;
     }
@@ -265,7 +242,7 @@ static void run_scenario(int sc, lockstep_engine e, consumer_state *storage, run
     if (sc == S_PUSH || sc == S_PUSH_FAIL)
         push_run(&src, cs, n, &o, r);
     else
-        r->rc = lockstep_run(source_pull, &src, sizeof(int64_t), cs, n, &o);
+        r->rc = lockstep_run(counter_pull, &src, sizeof(int64_t), cs, n, &o);
 }
 
 /* Returns 1 when r is exactly what scenario sc gives with no fault. */

@@ -9,6 +9,7 @@
  * left running.  `stress_thread [RUNS]`; LOCKSTEP_STRESS_RUNS also sets it.
  */
 #include "check.h"
+#include "counter_source.h"
 #include "push_chunks.h"
 #include "internal.h" /* lockstep__fault_arm */
 #include "lockstep.h"
@@ -17,24 +18,6 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
-
-/* Yields 0, 1, 2, ... below limit; fails with code when asked for fail_at. */
-typedef struct {
-    uint64_t next, limit, fail_at;
-    int code;
-} source;
-
-/* The source's pull function: item i is i. */
-static int pull(void *arg, void *item)
-{
-    source *src = arg;
-    if (src->next == src->fail_at)
-        return src->code;
-    if (src->next >= src->limit)
-        return 0;
-    *(uint64_t *)item = src->next++;
-    return 1;
-}
 
 enum { ALL, STOP, FAIL, SLOW };
 
@@ -92,7 +75,7 @@ static uint64_t rnd(uint64_t bound)
 }
 
 /* One run on engine e: by lockstep_run, or by pushing random chunks. */
-static int run(lockstep_engine e, script *sc, size_t n, source src, size_t window, int push,
+static int run(lockstep_engine e, script *sc, size_t n, counter_source src, size_t window, int push,
                lockstep_report *rep)
 {
     lockstep_consumer cs[16];
@@ -107,12 +90,12 @@ static int run(lockstep_engine e, script *sc, size_t n, source src, size_t windo
     o.report = rep;
     o.stack_size = 64 * 1024;
     if (!push)
-        return lockstep_run(pull, &src, sizeof(uint64_t), cs, n, &o);
+        return lockstep_run(counter_pull, &src, sizeof(uint64_t), cs, n, &o);
     lockstep_stream *s;
     int rc = lockstep_open(&s, sizeof(uint64_t), cs, n, &o);
     if (rc < 0)
         return rc;
-    return push_in_chunks(s, pull, &src, sizeof(uint64_t), 40, rnd);
+    return push_in_chunks(s, counter_pull, &src, sizeof(uint64_t), 40, rnd);
 }
 
 /* One random case: thread against buffer. */
@@ -133,10 +116,10 @@ static void random_case(long index)
         sc[i].code = (int)(1 + rnd(7));
         oracle[i] = sc[i];
     }
-    source src = {0, len, UINT64_MAX, 0};
+    counter_source src = counter(len);
     if (rnd(4) == 0) {
         src.fail_at = rnd(len + 1);
-        src.code = -(int)(1 + rnd(7));
+        src.fail_code = -(int)(1 + rnd(7));
     }
     lockstep_report rep, orep;
     long before = check_failed;
@@ -162,7 +145,7 @@ static void random_case(long index)
     if (check_failed != before) {
         fprintf(stderr, "  case %ld: %s, window %zu, %" PRIu64 " items, source fails at %" PRIu64
                         " (%d), rc %d vs %d, consumers:", index, push ? "push" : "run", window,
-                len, src.fail_at, src.code, rc, orc);
+                len, src.fail_at, src.fail_code, rc, orc);
         for (size_t i = 0; i < n; i++)
             fprintf(stderr, " [%d k=%" PRIu64 " code=%d count=%" PRIu64 "/%" PRIu64 "]",
                     sc[i].kind, sc[i].k, sc[i].code, sc[i].count, oracle[i].count);
@@ -180,7 +163,7 @@ static void thread_failure_case(void)
         memset(&sc[i], 0, sizeof sc[i]);
         sc[i].kind = ALL;
     }
-    source src = {0, 1000, UINT64_MAX, 0};
+    counter_source src = counter(1000);
     lockstep_report rep;
     lockstep__fault_arm(LOCKSTEP__FAULT_THREAD, 1 + (long)rnd(n));
     int rc = run(LOCKSTEP_ENGINE_THREAD, sc, n, src, 8, (int)rnd(2), &rep);
