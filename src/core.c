@@ -517,25 +517,26 @@ int lockstep_close(lockstep_stream *s)
     return code;
 }
 
-/* Pulls one item at a time straight into the window, so that no item is
- * read unless some consumer may still want it. */
+/* See internal.h. */
+void lockstep__source_stopped(lockstep_stream *s, int rc)
+{
+    s->source_done = 1;
+    if (rc != 0) {
+        s->src_pending = 1;
+        s->src_pos = s->read;
+        s->src_code = rc;
+    }
+}
+
+/* Fills the window and hands it over until the source stops or no
+ * consumer wants more.  A cooperative engine may refill in a consumer's
+ * context and run several rounds in one dispatch (lockstep__round_again). */
 void lockstep__pull(lockstep_stream *s, lockstep_source_fn source, void *source_arg)
 {
-    /* Cooperative consumers can only detach during a dispatch, so the
-     * question needs asking only after one; threaded ones may detach at any
-     * moment, so the producer asks before every item. */
-    const int every_item = s->ops->concurrent;
-    if (!lockstep__wanted(s))
-        return;
-    for (;;) {
-        int rc = source(source_arg, s->win + s->filled * s->item_size);
-        if (rc != 1) {
-            if (rc != 0)
-                lockstep_fail(s, rc);
-            return;
-        }
-        rc = lockstep__commit_one(s);
-        if (rc < 0 || ((rc == 1 || every_item) && !lockstep__wanted(s)))
+    s->source = source;
+    s->source_arg = source_arg;
+    while (lockstep__wanted(s) && !s->source_done) {
+        if (!lockstep__fill_window(s) || lockstep__dispatch(s) < 0)
             return;
     }
 }

@@ -6,6 +6,9 @@
  * producer: n + 1 switches a window instead of 2n.  Which consumer comes
  * next, and what lockstep_next returns, is the core's decision
  * (lockstep__round_*, lockstep__next_step); only the switching is here.
+ * In lockstep_run the consumer that ends a round refills the window and
+ * starts the next one (lockstep__round_again), so a round costs n switches
+ * and a lone consumer never switches at all.
  */
 #include "fiber.h"
 #include "internal.h"
@@ -16,11 +19,15 @@ typedef struct {
     size_t stack_size;
 } fiber_engine;
 
-/* The context to run after it: the next live consumer, or the producer. */
-static lockstep__fiber *following(lockstep_stream *s)
+/* The context to run after the current consumer: the next live one, or in
+ * pull mode the next round's first (after refilling the window here), or
+ * the producer.  It may be the caller's own fiber. */
+static inline __attribute__((always_inline)) lockstep__fiber *following(lockstep_stream *s)
 {
     fiber_engine *e = s->engine;
     lockstep_iter *next = lockstep__round_next(s);
+    if (next == NULL)
+        next = lockstep__round_again(s);
     return next ? next->engine_data : &e->scheduler;
 }
 
@@ -39,7 +46,8 @@ static int fiber_dispatch(lockstep_stream *s)
     lockstep_iter *first = lockstep__round_begin(s);
     if (first != NULL)
         lockstep__fiber_switch(&e->scheduler, first->engine_data);
-    lockstep__round_end(s);
+    if (s->dispatching) /* else the consumer that ended the last round did */
+        lockstep__round_end(s);
     return 0;
 }
 
@@ -54,7 +62,9 @@ static const void *fiber_next_slow(lockstep_iter *it)
         const void *item = lockstep__next_step(it, &must_wait);
         if (!must_wait)
             return item;
-        lockstep__fiber_switch(it->engine_data, following(s));
+        lockstep__fiber *to = following(s);
+        if (to != it->engine_data) /* else it refilled the window for itself */
+            lockstep__fiber_switch(it->engine_data, to);
     }
 }
 

@@ -92,7 +92,8 @@ struct lockstep_stream {
     _Atomic size_t live;             /* consumers that have not returned */
     size_t *order;                   /* cooperative engines: live consumers, in index order */
     size_t n_order;
-    size_t cursor;                   /* cooperative engines: next entry of order to run */
+    size_t cursor;                   /* cooperative engines: entries of order run this round */
+    int backward;                    /* this round runs order from its end */
     int ended;                       /* no item at or after position read */
     int state;
     int dispatching;                 /* re-entrancy guard for push/close */
@@ -108,6 +109,12 @@ struct lockstep_stream {
     uint64_t src_pos;
     int src_code;
     int misuse;                      /* LOCKSTEP_EPERM when an iterator was misused */
+
+    /* Pull mode (lockstep_run): the source that fills the window.  NULL for
+     * pushed streams.  source_done: it returned end or an error. */
+    lockstep_source_fn source;
+    void *source_arg;
+    int source_done;
 
     lockstep_options opts;
 };
@@ -211,6 +218,31 @@ static inline int lockstep__commit_one(lockstep_stream *s)
  * ends or fails (recorded with lockstep_fail) or no consumer is left. */
 void lockstep__pull(lockstep_stream *s, lockstep_source_fn source, void *source_arg);
 
+/* The source returned rc (0 = end, < 0 = error): records it as
+ * lockstep_close or lockstep_fail would learn it, and sets source_done. */
+void lockstep__source_stopped(lockstep_stream *s, int rc);
+
+/* Pull mode: reads items from s->source straight into the window, one at
+ * a time so that nothing is read that no consumer may want.  Returns 1 once
+ * the window is full; 0 when the source ended or failed, or (concurrent
+ * engines, whose consumers detach at any moment) no consumer wants more. */
+static inline int lockstep__fill_window(lockstep_stream *s)
+{
+    const int every_item = s->ops->concurrent;
+    while (s->filled < s->cap) {
+        int rc = s->source(s->source_arg, s->win + s->filled * s->item_size);
+        if (rc != 1) {
+            lockstep__source_stopped(s, rc);
+            return 0;
+        }
+        s->read++;
+        s->filled++;
+        if (every_item && !lockstep__wanted(s))
+            return 0;
+    }
+    return 1;
+}
+
 /* Releases count items at items through s->drop_items, if set. */
 static inline void lockstep__drop(lockstep_stream *s, void *items, size_t count)
 {
@@ -296,11 +328,17 @@ static inline int lockstep__iter_is_current(lockstep_iter *it)
  * clear. */
 
 /* Returns the next live consumer of this round and makes it current, or
- * NULL when the round is over and control belongs to the producer. */
+ * NULL when the round is over and control belongs to the producer.  Rounds
+ * alternate direction (index order, then reverse), so the consumer that
+ * ends one round also starts the next: with lockstep__round_again that
+ * spares a switch a round, which is half the switches at window 1 with two
+ * consumers.  Order within a round cannot change any result: failures are
+ * ranked by position and index, not by when they happen. */
 static inline lockstep_iter *lockstep__round_next(lockstep_stream *s)
 {
     while (s->cursor < s->n_order) {
-        lockstep_iter *it = &s->iters[s->order[s->cursor++]];
+        size_t k = s->cursor++;
+        lockstep_iter *it = &s->iters[s->order[s->backward ? s->n_order - 1 - k : k]];
         if (ALWAYS(!it->done)) {
             s->current = it;
             return it;
@@ -319,13 +357,14 @@ static inline void lockstep__window_consumed(lockstep_stream *s)
     s->filled = 0;
 }
 
-/* A round lets every live consumer, in index order, take what the window
- * offers.  round_begin returns the first consumer to run (or NULL), and
- * makes it current. */
+/* A round lets every live consumer take what the window offers.
+ * round_begin returns the first consumer to run (or NULL), and makes it
+ * current. */
 static inline lockstep_iter *lockstep__round_begin(lockstep_stream *s)
 {
     s->dispatching = 1;
     s->cursor = 0;
+    s->backward = !s->backward;
     return lockstep__round_next(s);
 }
 
@@ -345,6 +384,26 @@ static inline void lockstep__round_end(lockstep_stream *s)
     s->current = NULL;
     s->dispatching = 0;
     lockstep__window_consumed(s);
+}
+
+/* Pull mode, cooperative engines: the consumer that ends a round refills
+ * the window itself and starts the next round, which spares the two
+ * switches through the producer's context (at window 1 they are a third of
+ * the cost).  So in lockstep_run the source runs on whichever context ends
+ * a round.  Returns the next round's first consumer, made current (it may
+ * be the caller itself), or NULL when control must go back to the producer:
+ * a pushed stream, the stream is ending, or after this round's end the
+ * source ended or failed or no consumer wants more.  In those cases the
+ * round has been ended, and the producer must not end it again (see
+ * s->dispatching). */
+static inline lockstep_iter *lockstep__round_again(lockstep_stream *s)
+{
+    if (s->source == NULL || s->ended)
+        return NULL;
+    lockstep__round_end(s);
+    if (!lockstep__wanted(s) || s->source_done || !lockstep__fill_window(s))
+        return NULL;
+    return lockstep__round_begin(s);
 }
 
 /* --- Allocation, with fault injection (src/core.c) ---------------------- */
