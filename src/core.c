@@ -385,6 +385,7 @@ int lockstep__open_ops(lockstep_stream **out, const lockstep__engine_ops *ops, v
     s->window = default_window(ops, options);
     s->n = n;
     s->live = n;
+    s->backward = 1; /* round_begin flips it: consumers start in index order */
     for (size_t i = 0; i < n; i++) {
         lockstep_iter *it = &s->iters[i];
         it->stream = s;
