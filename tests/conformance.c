@@ -342,7 +342,10 @@ static void test_failures(void)
         CHECK_EQ(rep.failed, 1);
         CHECK_EQ(rep.position, 10);
         CHECK(sc[0].returned && sc[2].returned);
-        CHECK(sc[2].saw_cancel && sc[2].count == 10);
+        /* Cancelled consumers see every item before the failure, and no
+         * more than the rest of the window it was met in: rounds alternate
+         * direction, so consumer 2 may take the window before 1 fails. */
+        CHECK(sc[2].saw_cancel && sc[2].count >= 10 && sc[2].count < 10 + w);
         CHECK(sc[0].saw_cancel || is_buffer);
         check_against_model(sc, 3, &src, 42, &rep, w);
     }
