@@ -305,6 +305,7 @@ switch_begin(lockstep__fiber *from, lockstep__fiber *to, int exiting)
     (void)exiting;
 #endif
 #ifdef LOCKSTEP__TSAN
+    from->tsan_fiber = __tsan_get_current_fiber(); /* see fiber.h: it moves with the context */
     __tsan_switch_to_fiber(to->tsan_fiber, 0);
 #else
     (void)to;
@@ -312,8 +313,8 @@ switch_begin(lockstep__fiber *from, lockstep__fiber *to, int exiting)
 }
 
 /* Called first thing in self once it runs again (or for the first time),
- * prev being the fiber that switched to it.  Learns a thread stack's
- * bounds for ASan from the first switch away from it. */
+ * prev being the fiber that switched to it.  ASan reports the bounds of the
+ * stack just left, which is where prev's saved context lives (fiber.h). */
 static inline __attribute__((always_inline)) void
 switch_end(lockstep__fiber *self, lockstep__fiber *prev)
 {
@@ -321,7 +322,7 @@ switch_end(lockstep__fiber *self, lockstep__fiber *prev)
     const void *old_bottom = NULL;
     size_t old_size = 0;
     __sanitizer_finish_switch_fiber(self->asan_fake_stack, &old_bottom, &old_size);
-    if (prev != NULL && prev->asan_bottom == NULL) {
+    if (prev != NULL) {
         prev->asan_bottom = old_bottom;
         prev->asan_size = old_size;
     }
@@ -510,8 +511,7 @@ int lockstep__fiber_create(lockstep__fiber *f, size_t stack_size,
     f->guard_slot = guard_claim((uintptr_t)map);
 #endif
 #ifdef LOCKSTEP__TSAN
-    f->tsan_fiber = __tsan_create_fiber(0);
-    f->tsan_owned = 1;
+    f->tsan_fiber = f->tsan_created = __tsan_create_fiber(0);
 #endif
 #ifdef LOCKSTEP__VALGRIND
     f->valgrind_id = VALGRIND_STACK_REGISTER(f->stack_lo, f->stack_hi);
@@ -526,8 +526,8 @@ void lockstep__fiber_destroy(lockstep__fiber *f)
     if (f == NULL)
         return;
 #ifdef LOCKSTEP__TSAN
-    if (f->tsan_owned && f->tsan_fiber != NULL)
-        __tsan_destroy_fiber(f->tsan_fiber);
+    if (f->tsan_created != NULL)
+        __tsan_destroy_fiber(f->tsan_created);
 #endif
     if (f->stack_map != NULL) {
 #ifdef LOCKSTEP__VALGRIND

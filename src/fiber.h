@@ -8,6 +8,13 @@
  * Rules: a fiber never migrates between threads; every switch names both the
  * fiber being left and the one being entered; a finished fiber leaves with
  * lockstep__fiber_exit so sanitizers can forget its stack.
+ *
+ * A lockstep__fiber is a slot for a saved context, and the context saved in
+ * it need not be on the slot's own stack: when a pipeline's inner source
+ * reads an outer iterator from an inner consumer's fiber, the outer
+ * consumer's slot receives a context on that inner stack.  So the sanitizer
+ * identity (ASan stack bounds, TSan fiber) is recorded with every save, not
+ * fixed when the slot is made.
  */
 #ifndef LOCKSTEP_FIBER_H
 #define LOCKSTEP_FIBER_H
@@ -60,8 +67,8 @@ typedef struct lockstep__fiber {
     void *asan_fake_stack;
     const void *asan_bottom;
     size_t asan_size;
-    void *tsan_fiber;
-    int tsan_owned;
+    void *tsan_fiber;          /* TSan's fiber for the context saved here */
+    void *tsan_created;        /* the TSan fiber we made for this stack, to destroy */
     unsigned valgrind_id;
     void *guard_slot;          /* entry in fiber.c's guard-page registry, or NULL */
 } lockstep__fiber;

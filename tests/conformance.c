@@ -504,6 +504,69 @@ static void test_nesting(void)
     check_against_model(sc, 3, &src, 0, &rep, 16);
 }
 
+/* A pipeline stage: an outer consumer feeds its own iterator, doubled, to
+ * an inner run as that run's source.  The inner source may run on any of
+ * the inner run's contexts (the fiber engine refills from the consumer that
+ * ends a round), so an outer switch can start from an inner fiber's stack:
+ * the sanitizer builds check that this is annotated right. */
+typedef struct {
+    size_t window;  /* the inner run's */
+    int rc;         /* the inner run's return */
+    script inner[3];
+    uint64_t fed;   /* items the stage took from the outer run */
+} pipe_stage;
+
+static int pipe_pull(void *arg, void *item)
+{
+    lockstep_iter *outer = arg;
+    const int64_t *x = lockstep_next(outer);
+    if (x == NULL)
+        return 0;
+    *(int64_t *)item = *x;
+    return 1;
+}
+
+static int pipe_consumer(lockstep_iter *it, void *arg)
+{
+    pipe_stage *ps = arg;
+    script_init(&ps->inner[0], SUM, 0, 0);
+    script_init(&ps->inner[1], STOP_AT, 40, 0);
+    script_init(&ps->inner[2], SUM, 0, 0);
+    lockstep_consumer cs[3] = {{sum_max_consumer, &ps->inner[0]},
+                               {sum_max_consumer, &ps->inner[1]},
+                               {sum_max_consumer, &ps->inner[2]}};
+    lockstep_options o = LOCKSTEP_OPTIONS_INIT;
+    o.engine = engine;
+    o.window = ps->window;
+    ps->rc = lockstep_run(pipe_pull, it, sizeof(int64_t), cs, 3, &o);
+    ps->fed = lockstep_position(it);
+    return 0;
+}
+
+static void test_pipeline(void)
+{
+    static const size_t windows[][2] = {{1, 1}, {1, 3}, {4, 1}, {16, 7}, {0, 0}};
+    for (size_t k = 0; k < sizeof windows / sizeof windows[0]; k++) {
+        pipe_stage ps[2] = {{.window = windows[k][1]}, {.window = windows[k][0]}};
+        script plain;
+        script_init(&plain, SUM, 0, 0);
+        lockstep_consumer cs[3] = {{pipe_consumer, &ps[0]}, {sum_max_consumer, &plain},
+                                   {pipe_consumer, &ps[1]}};
+        counter_source src = counter(300);
+        lockstep_options o = opts(windows[k][0], NULL);
+        CHECK_EQ(lockstep_run(counter_pull, &src, 8, cs, 3, &o), 0);
+        CHECK_EQ(plain.sum, 300 * 299 / 2);
+        for (int j = 0; j < 2; j++) {
+            CHECK_EQ(ps[j].rc, 0);
+            CHECK_EQ(ps[j].fed, 300);
+            CHECK_EQ(ps[j].inner[0].sum, 300 * 299 / 2);
+            CHECK_EQ(ps[j].inner[0].order_errors, 0);
+            CHECK_EQ(ps[j].inner[1].count, 40);
+            CHECK_EQ(ps[j].inner[2].max, 299);
+        }
+    }
+}
+
 static int noop_pull(void *arg, void *item)
 {
     (void)arg;
@@ -902,6 +965,7 @@ int main(int argc, char **argv)
     test_failure_after_end_ties();
     test_big_items();
     test_nesting();
+    test_pipeline();
     test_bad_input();
     test_misuse();
     test_push();
