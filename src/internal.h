@@ -23,6 +23,15 @@
 #define ALWAYS(x) __builtin_expect(!!(x), 1)
 #define NEVER(x) __builtin_expect(!!(x), 0)
 
+/* For the helpers on the per-window path of every consumer: gcc -O2 leaves
+ * some out of line, and at window 1 a call is a noticeable part of an item
+ * (bench_c, fiber, window 1). */
+#if defined(__GNUC__)
+#  define LOCKSTEP__HOT static inline __attribute__((always_inline))
+#else
+#  define LOCKSTEP__HOT static inline
+#endif
+
 /* Ranks break ties between failures at the same stream position p, in the
  * order strict lockstep meets them: first consumers that fail without
  * asking for item p (rank = index), then the library and the source (which
@@ -52,7 +61,7 @@ struct lockstep_iter {
 
 /* Stream position of the next item it will receive.  The slow path always
  * has cur == end, so it never pays for the division. */
-static inline uint64_t lockstep__iter_pos(const lockstep_iter *it)
+LOCKSTEP__HOT uint64_t lockstep__iter_pos(const lockstep_iter *it)
 {
     if (it->head.cur == it->head.end)
         return it->end_pos;
@@ -195,7 +204,7 @@ const void *lockstep__coop_next_slow(lockstep_iter *it);
 int lockstep__dispatch(lockstep_stream *s);
 
 /* True while some consumer may still want items: lockstep_live() > 0. */
-static inline int lockstep__wanted(const lockstep_stream *s)
+LOCKSTEP__HOT int lockstep__wanted(const lockstep_stream *s)
 {
     return atomic_load_explicit(&s->live, memory_order_acquire) != 0 &&
            !atomic_load_explicit(&s->failed, memory_order_acquire) && !s->src_pending &&
@@ -226,7 +235,7 @@ void lockstep__source_stopped(lockstep_stream *s, int rc);
  * a time so that nothing is read that no consumer may want.  Returns 1 once
  * the window is full; 0 when the source ended or failed, or (concurrent
  * engines, whose consumers detach at any moment) no consumer wants more. */
-static inline int lockstep__fill_window(lockstep_stream *s)
+LOCKSTEP__HOT int lockstep__fill_window(lockstep_stream *s)
 {
     const int every_item = s->ops->concurrent;
     while (s->filled < s->cap) {
@@ -266,7 +275,7 @@ static inline void lockstep__iter_park(lockstep_iter *it, uint64_t pos)
 
 /* Points it at the window from position pos, stopping short of a realized
  * failure so that no consumer receives an item at or past it. */
-static inline void lockstep__iter_aim(lockstep_iter *it, uint64_t pos)
+LOCKSTEP__HOT void lockstep__iter_aim(lockstep_iter *it, uint64_t pos)
 {
     lockstep_stream *s = it->stream;
     uint64_t stop = s->base + s->filled;
@@ -278,7 +287,7 @@ static inline void lockstep__iter_aim(lockstep_iter *it, uint64_t pos)
 }
 
 /* The decision lockstep_next makes when its range is used up. */
-static inline const void *lockstep__next_step(lockstep_iter *it, int *must_wait)
+LOCKSTEP__HOT const void *lockstep__next_step(lockstep_iter *it, int *must_wait)
 {
     lockstep_stream *s = it->stream;
     uint64_t pos = lockstep__iter_pos(it);
@@ -305,7 +314,8 @@ static inline const void *lockstep__next_step(lockstep_iter *it, int *must_wait)
             lockstep__iter_park(it, pos);
             return NULL;
         }
-        lockstep__iter_park(it, pos);
+        /* Nothing to park: the range is used up (cur == end), so the
+         * position is end_pos already and nothing dereferences cur. */
         *must_wait = 1;
         return NULL;
     }
@@ -334,7 +344,7 @@ static inline int lockstep__iter_is_current(lockstep_iter *it)
  * spares a switch a round, which is half the switches at window 1 with two
  * consumers.  Order within a round cannot change any result: failures are
  * ranked by position and index, not by when they happen. */
-static inline lockstep_iter *lockstep__round_next(lockstep_stream *s)
+LOCKSTEP__HOT lockstep_iter *lockstep__round_next(lockstep_stream *s)
 {
     while (s->cursor < s->n_order) {
         size_t k = s->cursor++;
@@ -350,7 +360,7 @@ static inline lockstep_iter *lockstep__round_next(lockstep_stream *s)
 
 /* The producer may reuse the window: its items now lie behind every
  * consumer that is still running. */
-static inline void lockstep__window_consumed(lockstep_stream *s)
+LOCKSTEP__HOT void lockstep__window_consumed(lockstep_stream *s)
 {
     lockstep__drop(s, s->win, s->filled);
     s->base += s->filled;
@@ -360,7 +370,7 @@ static inline void lockstep__window_consumed(lockstep_stream *s)
 /* A round lets every live consumer take what the window offers.
  * round_begin returns the first consumer to run (or NULL), and makes it
  * current. */
-static inline lockstep_iter *lockstep__round_begin(lockstep_stream *s)
+LOCKSTEP__HOT lockstep_iter *lockstep__round_begin(lockstep_stream *s)
 {
     s->dispatching = 1;
     s->cursor = 0;
@@ -370,7 +380,7 @@ static inline lockstep_iter *lockstep__round_begin(lockstep_stream *s)
 
 /* Ends the round: drops consumers that returned from the order list and
  * hands the window back to the producer. */
-static inline void lockstep__round_end(lockstep_stream *s)
+LOCKSTEP__HOT void lockstep__round_end(lockstep_stream *s)
 {
     /* Compacting costs a pass over the list: only worth it when some
      * consumer returned during the round. */
@@ -396,7 +406,7 @@ static inline void lockstep__round_end(lockstep_stream *s)
  * source ended or failed or no consumer wants more.  In those cases the
  * round has been ended, and the producer must not end it again (see
  * s->dispatching). */
-static inline lockstep_iter *lockstep__round_again(lockstep_stream *s)
+LOCKSTEP__HOT lockstep_iter *lockstep__round_again(lockstep_stream *s)
 {
     if (s->source == NULL || s->ended)
         return NULL;
