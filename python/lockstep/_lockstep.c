@@ -8,16 +8,19 @@
  *   - Items are PyObject pointers (item_size = sizeof(PyObject *)).  The
  *     producer writes a NEW reference into each window slot; the stream's
  *     drop_items hook releases the references of items leaving the window.
- *     Both run on the producer's thread with the GIL held.
+ *     Both run on the producer's thread with the GIL held (greenlet run():
+ *     in whichever greenlet refills the window).
  *   - A consumer is any callable taking one iterator.  consumer_entry (the
  *     C consumer function) calls it with a lockstep.Iterator whose
  *     __next__ is the core's lockstep_next, and keeps its result or its
  *     exception.  A cancelled consumer sees its iterator end.
- *   - Engines: "greenlet" is a cooperative engine defined here on top of the
- *     core's lockstep__coop_* helpers, each consumer on its own greenlet;
- *     "thread" is the core's thread engine, the GIL released by a blocking
- *     hook while the producer waits and by Iterator.__next__ while a
- *     consumer waits; "buffer" is the core's reference engine.
+ *   - Engines: "greenlet" is a cooperative engine defined here, each
+ *     consumer on its own greenlet, switching as the core's fiber engine
+ *     does (direct hand-off; in run() the consumer that ends a round
+ *     refills the window from the source); "thread" is the core's thread
+ *     engine, the GIL released by a blocking hook while the producer waits
+ *     and by Iterator.__next__ while a consumer waits; "buffer" is the
+ *     core's reference engine.
  *   - Misuse never crashes: an iterator works only inside the consumer it
  *     was made for (a thread-local "current consumer" says which one runs),
  *     and Stream methods refuse re-entrant or foreign-thread calls.
@@ -90,6 +93,7 @@ typedef struct {
     PyObject *exc;     /* the exception it raised, traceback attached */
     IterObject *iter;  /* the iterator it was given */
     runstate *rs;
+    int begun;         /* greenlet engine: its greenlet has started */
 } slot;
 
 struct runstate {
@@ -102,6 +106,11 @@ struct runstate {
     PyObject *src_exc;         /* the producer's exception */
     PyObject *lib_exc;         /* an exception met inside the engine itself */
     PyObject *scheduler;       /* greenlet engine: the producer's greenlet */
+    lockstep_iter *running;    /* greenlet engine: consumer whose greenlet runs, or NULL */
+    PyObject *context;         /* greenlet engine: the producer's contextvars context */
+    PyObject *src;             /* run(): the source iterator (borrowed) */
+    iternextfunc src_next;     /* its tp_iternext */
+    int refill_here;           /* greenlet run(): consumers refill the window */
     lockstep_report report;
     lockstep_blocking_hook hook;
     unsigned long owner;       /* thread that opened the stream */
@@ -199,7 +208,7 @@ static PyObject *iter_next_slow(IterObject *self, lockstep_iter *it)
         Py_XDECREF(cur);
         if ((PyObject *)cur != self->greenlet)
             return iter_misuse(self);
-        p = lockstep_next(it); /* may switch to the producer's greenlet */
+        p = lockstep_next(it); /* may switch to another consumer's or the producer's greenlet */
         break;
     }
 #endif
@@ -373,9 +382,18 @@ static void gil_acquire(void *arg, void *token)
 }
 
 /* ------------------------------------------------------------------------
- * The greenlet engine: the core's cooperative helpers, with greenlets for
- * contexts.  Consumer greenlets are children of the producer's greenlet
- * (the one current at open); each suspends by switching back to it.
+ * The greenlet engine: what src/engine_fiber.c does with fibers, with
+ * greenlets.  Consumer greenlets are children of the producer's greenlet
+ * (the one current at open), which starts each of them.  A consumer that
+ * has taken the window switches straight to the next live consumer of the
+ * round (lockstep__round_next), and the last one back to the producer; in
+ * run(), the consumer that ends a round refills the window from the source
+ * itself and begins the next round (lockstep__round_again), and rounds
+ * alternate direction, so with two consumers at window 1 an item costs one
+ * switch instead of four.  Every deliberate switch passes the module's
+ * marker, and a finished consumer's greenlet returns it: anything else
+ * reaching the producer's greenlet came from consumer code switching
+ * behind lockstep's back.
  * ------------------------------------------------------------------------ */
 
 #if LOCKSTEP_HAVE_GREENLET
@@ -400,21 +418,30 @@ static int greenlet_load(void)
     return -1;
 }
 
-/* The run function of a consumer's greenlet: self is its Iterator. */
-static PyObject *greenlet_body(PyObject *self, PyObject *unused)
+/* The run function of a consumer's greenlet: self is its Iterator.  The
+ * producer's greenlet starts it (with the marker as argument, ignored);
+ * when the consumer has returned it goes back to its parent, the
+ * producer's greenlet, with the marker: "finished, go on with the round". */
+static PyObject *greenlet_body(PyObject *self, PyObject *unused_args)
 {
-    (void)unused;
+    (void)unused_args;
     lockstep_iter *it = ((IterObject *)self)->it;
-    if (ALWAYS(it != NULL))
-        lockstep__consumer_main(it);
-    Py_RETURN_NONE;
+    if (NEVER(it == NULL))
+        Py_RETURN_NONE;
+    slot *sl = it->consumer.arg;
+    runstate *rs = sl->rs;
+    sl->begun = 1;
+    rs->running = it;
+    lockstep__consumer_main(it);
+    rs->running = NULL;
+    return Py_NewRef(rs->st->marker);
 }
 
-static PyMethodDef greenlet_body_def = {"_lockstep_consumer", greenlet_body, METH_NOARGS, NULL};
+static PyMethodDef greenlet_body_def = {"_lockstep_consumer", greenlet_body, METH_VARARGS, NULL};
 
 /* Records an exception met while switching greenlets as a library failure
- * at it's position: the run is cancelled there and raises it. */
-static void greenlet_failed(lockstep_stream *s, lockstep_iter *it)
+ * at stream position pos: the run is cancelled there and raises it. */
+static void greenlet_failed(lockstep_stream *s, uint64_t pos)
 {
     runstate *rs = s->engine_arg;
     PyObject *exc = fetch_exception();
@@ -422,7 +449,7 @@ static void greenlet_failed(lockstep_stream *s, lockstep_iter *it)
         rs->lib_exc = exc;
     else
         Py_DECREF(exc);
-    lockstep__record_failure(s, lockstep__iter_pos(it), LOCKSTEP__RANK_LIBRARY, LOCKSTEP_ESTATE);
+    lockstep__record_failure(s, pos, LOCKSTEP__RANK_LIBRARY, LOCKSTEP_ESTATE);
 }
 
 /* open: remembers the producer's greenlet, then lets the core allocate the
@@ -473,42 +500,132 @@ done:
     return rc;
 }
 
-/* coop_resume: runs it's greenlet until it suspends or finishes.  Should
- * the consumer's own code switch back here behind lockstep's back, a
- * RuntimeError is thrown into it until it does one or the other.  Failures
- * are recorded, never returned, so the round always completes. */
-static int greenlet_resume(lockstep_stream *s, lockstep_iter *it)
+/* From the producer's greenlet, switches to it's and returns once control
+ * comes back with the marker: the round (or a later one) has ended, or a
+ * consumer finished, or a consumer asked for s->current to be started.
+ * Anything else came from consumer code switching here behind lockstep's
+ * back: a RuntimeError is thrown into the consumer greenlet that ran last
+ * until it passes control on properly.  Failures are recorded, never
+ * returned, so the round always completes. */
+static void greenlet_resume(lockstep_stream *s, lockstep_iter *it)
 {
     runstate *rs = s->engine_arg;
-    PyGreenlet *g = it->engine_data;
+    PyObject *marker = rs->st->marker;
     lockstep_iter *saved = tls_current;
-    PyObject *r = PyGreenlet_Switch(g, NULL, NULL);
+    rs->running = it;
+    PyObject *r = PyGreenlet_Switch((PyGreenlet *)it->engine_data, rs->st->marker_args, NULL);
     tls_current = saved;
-    while (r != NULL && r != rs->st->marker && PyGreenlet_ACTIVE(g)) {
+    while (r != NULL && r != marker) {
         Py_DECREF(r);
+        r = NULL;
+        PyGreenlet *g = rs->running != NULL ? rs->running->engine_data : NULL;
+        if (g == NULL || !PyGreenlet_ACTIVE(g)) {
+            PyErr_SetString(PyExc_RuntimeError, "lockstep: a greenlet switched to the producer "
+                                                 "outside lockstep's control");
+            break;
+        }
         PyObject *msg = PyUnicode_FromString("lockstep consumer switched greenlets "
                                              "outside lockstep's control");
+        tls_current = rs->running; /* its consumer goes on where it switched */
         r = PyGreenlet_Throw(g, PyExc_RuntimeError, msg, NULL);
         Py_XDECREF(msg);
         tls_current = saved;
     }
     if (r == NULL)
-        greenlet_failed(s, it);
+        greenlet_failed(s, rs->running != NULL ? lockstep__iter_pos(rs->running) : s->read);
     Py_XDECREF(r);
+    rs->running = NULL;
+}
+
+/* dispatch: one round.  The producer's greenlet runs its first consumer; the
+ * others follow by hand-off, and in run() further rounds too.  Control comes
+ * back here when a round ends with no refill, when a consumer finishes (go
+ * on with the round) and when the next consumer's greenlet has not started
+ * yet: new greenlets are started from here only, so that they all begin at
+ * the same depth of the C stack (a greenlet started from inside another
+ * lives below it, and a chain of n would need n consumers' stacks). */
+static int greenlet_dispatch(lockstep_stream *s)
+{
+    lockstep_iter *it = lockstep__round_begin(s);
+    while (it != NULL) {
+        greenlet_resume(s, it);
+        it = s->current;
+        if (it == NULL || it->done || ((slot *)it->consumer.arg)->begun)
+            it = lockstep__round_next(s);
+    }
+    if (s->dispatching) /* else the consumer that ended the last round did */
+        lockstep__round_end(s);
     return 0;
 }
 
-/* coop_suspend: from inside it's greenlet, back to the producer's.
- * Returns 0, or LOCKSTEP_ESTATE with an exception set in the consumer. */
-static int greenlet_suspend(lockstep_stream *s, lockstep_iter *it)
+/* lockstep__round_again from inside it's greenlet: ends the round, refills
+ * the window from the source and begins the next round.  The source and
+ * the drop_items hook run as they would in the producer's greenlet: no
+ * consumer current (tls_current), the producer's contextvars context (a
+ * generator source may read a ContextVar, decimal's context for one), and
+ * no exception being handled (so that a source's exception is not chained
+ * to one the consumer is handling).  The source's own exceptions are kept
+ * by rs_source; any other would be a bug, and is recorded, not leaked. */
+static lockstep_iter *greenlet_refill(lockstep_stream *s, lockstep_iter *it)
 {
     runstate *rs = s->engine_arg;
-    PyObject *r = PyGreenlet_Switch((PyGreenlet *)rs->scheduler, rs->st->marker_args, NULL);
+    PyThreadState *ts = PyThreadState_Get();
+    PyObject *own_context = ts->context;
+    _PyErr_StackItem *own_exc_info = ts->exc_info;
+    _PyErr_StackItem no_exc_info;
+    memset(&no_exc_info, 0, sizeof no_exc_info);
+    ts->context = rs->context; /* lent: moves back to rs below */
+    ts->context_ver++;
+    ts->exc_info = &no_exc_info;
+    tls_current = NULL;
+    lockstep_iter *next = lockstep__round_again(s);
     tls_current = it;
-    if (r == NULL)
-        return LOCKSTEP_ESTATE;
-    Py_DECREF(r);
-    return 0;
+    rs->context = ts->context;
+    ts->context = own_context;
+    ts->context_ver++;
+    ts->exc_info = own_exc_info;
+    Py_CLEAR(no_exc_info.exc_value);
+    if (NEVER(PyErr_Occurred()))
+        greenlet_failed(s, s->read);
+    return next;
+}
+
+/* next_slow: it has taken what the window offers it, so control passes on:
+ * straight to the next live consumer of the round; at the end of a round in
+ * run(), to the first consumer of the next round after refilling the window
+ * here (possibly it itself: then no switch at all); else to the producer. */
+static const void *greenlet_next_slow(lockstep_iter *it)
+{
+    lockstep_stream *s = it->stream;
+    runstate *rs = s->engine_arg;
+    if (!lockstep__iter_is_current(it))
+        return NULL;
+    for (;;) {
+        int must_wait;
+        const void *item = lockstep__next_step(it, &must_wait);
+        if (!must_wait)
+            return item;
+        lockstep_iter *next = lockstep__round_next(s);
+        if (next == NULL && rs->refill_here)
+            next = greenlet_refill(s, it);
+        if (next == it)
+            continue;
+        PyObject *to = rs->scheduler;
+        rs->running = NULL;
+        if (next != NULL && ((slot *)next->consumer.arg)->begun) {
+            to = next->engine_data;
+            rs->running = next;
+        }
+        PyObject *r = PyGreenlet_Switch((PyGreenlet *)to, rs->st->marker_args, NULL);
+        tls_current = it;
+        rs->running = it;
+        if (NEVER(r == NULL)) /* thrown into: cancel the run here; the consumer sees the exception */
+            lockstep__record_failure(s, lockstep__iter_pos(it), LOCKSTEP__RANK_LIBRARY,
+                                     LOCKSTEP_ESTATE);
+        Py_XDECREF(r);
+        if (NEVER(!lockstep__iter_is_current(it))) /* resumed behind lockstep's back */
+            return NULL;
+    }
 }
 
 /* coop_destroy: drops it's greenlet, which has finished or never started. */
@@ -523,13 +640,11 @@ static void greenlet_free(lockstep_stream *s, lockstep_iter *it)
 static const lockstep__engine_ops greenlet_ops = {
     .name = "greenlet",
     .open = greenlet_open,
-    .dispatch = lockstep__coop_dispatch,
+    .dispatch = greenlet_dispatch,
     .finish = lockstep__coop_finish,
     .destroy = greenlet_destroy,
-    .next_slow = lockstep__coop_next_slow,
+    .next_slow = greenlet_next_slow,
     .coop_create = greenlet_create,
-    .coop_resume = greenlet_resume,
-    .coop_suspend = greenlet_suspend,
     .coop_destroy = greenlet_free,
 };
 
@@ -669,6 +784,7 @@ static void rs_clear(runstate *rs)
     Py_CLEAR(rs->src_exc);
     Py_CLEAR(rs->lib_exc);
     Py_CLEAR(rs->scheduler);
+    Py_CLEAR(rs->context);
 }
 
 /* Opens rs's stream on its engine: consumers start and run up to their
@@ -791,6 +907,60 @@ static int rs_pull(runstate *rs, PyObject *src, int source_failure)
     return 0;
 }
 
+#if LOCKSTEP_HAVE_GREENLET
+/* run()'s source on the greenlet engine, a lockstep_source_fn: writes the
+ * next item of rs->src (a new reference) into slot and returns 1; returns 0
+ * at its end, or PYLOCKSTEP_EPYTHON with its exception (or a
+ * KeyboardInterrupt met between items) kept as the producer's.  It runs in
+ * the producer's greenlet or, through greenlet_refill, in the consumer's
+ * that ends a round; either way no exception is left set. */
+static int rs_source(void *arg, void *slot)
+{
+    runstate *rs = arg;
+    PyObject *item = NULL;
+    if (rs_tick(rs) == 0)
+        item = rs->src_next(rs->src);
+    if (ALWAYS(item != NULL)) {
+        *(PyObject **)slot = item;
+        return 1;
+    }
+    if (!PyErr_Occurred())
+        return 0;
+    if (PyErr_ExceptionMatches(PyExc_StopIteration)) {
+        PyErr_Clear();
+        return 0;
+    }
+    Py_XSETREF(rs->src_exc, fetch_exception());
+    return PYLOCKSTEP_EPYTHON;
+}
+
+/* run()'s loop on the greenlet engine: the core's pull mode, with src as
+ * the stream's source, so that consumers refill the window themselves
+ * (greenlet_refill).  Not when this run is itself inside a lockstep
+ * consumer: its source may be that consumer's iterator, which works only in
+ * the consumer's own greenlet, so the producer refills as before. */
+static void greenlet_pull(runstate *rs, PyObject *src)
+{
+    rs->src = src;
+    rs->src_next = Py_TYPE(src)->tp_iternext;
+    if (tls_current == NULL) {
+        /* Copying makes sure the producer has a context object of its own,
+         * which greenlet_refill lends to the consumer greenlets. */
+        PyObject *copy = PyContext_CopyCurrent();
+        if (copy == NULL) {
+            rs_source_failed(rs);
+            return;
+        }
+        Py_DECREF(copy);
+        rs->context = Py_NewRef(PyThreadState_Get()->context);
+        rs->refill_here = 1;
+    }
+    lockstep__pull(rs->s, rs_source, rs);
+    rs->refill_here = 0;
+    rs->src = NULL;
+}
+#endif
+
 /* Closes the stream and turns the outcome into a tuple of results (a new
  * reference) or a raised exception (NULL): the failure earliest in the
  * stream, as the core's report says. */
@@ -900,7 +1070,12 @@ static PyObject *py_run(PyObject *module, PyObject *const *args, Py_ssize_t narg
     if (rs_open(&rs) < 0)
         goto done;
     rs.busy = 1;
-    (void)rs_pull(&rs, src, 1);
+#if LOCKSTEP_HAVE_GREENLET
+    if (rs.engine == ENG_GREENLET)
+        greenlet_pull(&rs, src);
+    else
+#endif
+        (void)rs_pull(&rs, src, 1);
     rs.busy = 0;
     result = rs_close(&rs);
 done:
