@@ -111,6 +111,7 @@ struct runstate {
     PyObject *src;             /* run(): the source iterator (borrowed) */
     iternextfunc src_next;     /* its tp_iternext */
     int refill_here;           /* greenlet run(): consumers refill the window */
+    int refilling;             /* greenlet run(): running's greenlet is in greenlet_refill */
     lockstep_report report;
     lockstep_blocking_hook hook;
     unsigned long owner;       /* thread that opened the stream */
@@ -503,10 +504,15 @@ done:
 /* From the producer's greenlet, switches to it's and returns once control
  * comes back with the marker: the round (or a later one) has ended, or a
  * consumer finished, or a consumer asked for s->current to be started.
- * Anything else came from consumer code switching here behind lockstep's
- * back: a RuntimeError is thrown into the consumer greenlet that ran last
- * until it passes control on properly.  Failures are recorded, never
- * returned, so the round always completes. */
+ * While a consumer refills the window, the source it runs stands in for the
+ * producer: whatever reaches the producer's greenlet then (a value switched
+ * to it, an exception thrown at it, say a gevent.Timeout) goes back to the
+ * source, as a switch to the current greenlet or an exception raised in the
+ * producer would have done when the producer called the source.  Anything
+ * else came from consumer code switching here behind lockstep's back: a
+ * RuntimeError is thrown into the consumer greenlet that ran last until it
+ * passes control on properly.  Failures are recorded, never returned, so
+ * the round always completes. */
 static void greenlet_resume(lockstep_stream *s, lockstep_iter *it)
 {
     runstate *rs = s->engine_arg;
@@ -515,11 +521,33 @@ static void greenlet_resume(lockstep_stream *s, lockstep_iter *it)
     rs->running = it;
     PyObject *r = PyGreenlet_Switch((PyGreenlet *)it->engine_data, rs->st->marker_args, NULL);
     tls_current = saved;
-    while (r != NULL && r != marker) {
+    while (r != marker) {
+        PyGreenlet *g = rs->running != NULL ? rs->running->engine_data : NULL;
+        int active = g != NULL && PyGreenlet_ACTIVE(g);
+        if (rs->refilling && active) {
+            tls_current = NULL;
+            if (r == NULL) {
+                PyObject *type, *value, *tb;
+                PyErr_Fetch(&type, &value, &tb);
+                PyErr_NormalizeException(&type, &value, &tb);
+                r = PyGreenlet_Throw(g, type, value, tb);
+                Py_XDECREF(type);
+                Py_XDECREF(value);
+                Py_XDECREF(tb);
+            } else {
+                PyObject *args = PyTuple_Pack(1, r);
+                Py_DECREF(r);
+                r = args != NULL ? PyGreenlet_Switch(g, args, NULL) : NULL;
+                Py_XDECREF(args);
+            }
+            tls_current = saved;
+            continue;
+        }
+        if (r == NULL)
+            break;
         Py_DECREF(r);
         r = NULL;
-        PyGreenlet *g = rs->running != NULL ? rs->running->engine_data : NULL;
-        if (g == NULL || !PyGreenlet_ACTIVE(g)) {
+        if (!active) {
             PyErr_SetString(PyExc_RuntimeError, "lockstep: a greenlet switched to the producer "
                                                  "outside lockstep's control");
             break;
@@ -580,13 +608,19 @@ static lockstep_iter *greenlet_refill(lockstep_stream *s, lockstep_iter *it)
     ts->context_ver++;
     ts->exc_info = &no_exc_info;
     tls_current = NULL;
+    rs->refilling = 1;
     lockstep_iter *next = greenlet_round_again(rs, s);
+    rs->refilling = 0;
     tls_current = it;
     rs->context = ts->context;
     ts->context = own_context;
     ts->context_ver++;
     ts->exc_info = own_exc_info;
     Py_CLEAR(no_exc_info.exc_value);
+#if PY_VERSION_HEX < 0x030B0000
+    Py_CLEAR(no_exc_info.exc_type);
+    Py_CLEAR(no_exc_info.exc_traceback);
+#endif
     if (NEVER(PyErr_Occurred()))
         greenlet_failed(s, s->read);
     return next;
