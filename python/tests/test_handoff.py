@@ -371,3 +371,68 @@ def test_stream_keeps_the_producer_in_charge(engine, window):
         for x in items:
             st.push(x)
     assert st.results == alone(consumers, items)
+
+
+@needs_greenlet
+@pytest.mark.parametrize("w", [1, 7])
+def test_iterator_from_a_greenlet_inside_its_consumer_raises(w):
+    # Only the consumer's own greenlet may wait for the window to move:
+    # from any other, even one the consumer started, the slow path raises
+    # rather than switch lockstep's greenlets from the wrong one.
+    import greenlet
+    caught = []
+
+    def consumer(it):
+        first = list(itertools.islice(it, w))  # takes the whole first window
+
+        def inner():
+            try:
+                next(it)
+            except RuntimeError as e:
+                caught.append(str(e))
+        greenlet.greenlet(inner).switch()
+        return sum(first) + sum(it)
+
+    got = lockstep.run(iter(range(100)), consumer, sum, window=w, engine="greenlet")
+    assert got == (4950, 4950)
+    assert len(caught) == 1 and "outside its own consumer" in caught[0]
+
+
+@needs_greenlet
+@pytest.mark.parametrize("w", [1, 2, None])
+def test_what_reaches_the_producer_during_a_refill_goes_to_the_source(w):
+    # The source used to run in the caller's greenlet; now it may run in a
+    # consumer's, which stands in for the caller meanwhile: a switch to the
+    # caller's greenlet returns to the source as a switch to the current
+    # greenlet would, and an exception thrown at the caller (as a
+    # gevent.Timeout would be) is raised in the source.
+    import greenlet
+    caller = greenlet.getcurrent()
+    echoes = []
+
+    def echoing():
+        for i in range(600):
+            echoes.append(caller.switch(("echo", i)))
+            yield i
+
+    got = lockstep.run(echoing(), sum, max, window=w, engine="greenlet")
+    assert got == (sum(range(600)), 599)
+    assert echoes == [("echo", i) for i in range(600)]
+
+    def thrown_at_caller():
+        for i in range(600):
+            if i == 300:
+                caller.throw(Boom("thrown at the caller", i))
+            yield i
+
+    seen = []
+
+    def record(it):
+        for x in it:
+            seen.append(x)
+        return "cancelled"
+
+    with pytest.raises(Boom) as info:
+        lockstep.run(thrown_at_caller(), record, sum, window=w, engine="greenlet")
+    assert info.value.args == ("thrown at the caller", 300)
+    assert seen[:300] == list(range(300))
