@@ -2,8 +2,10 @@
 
 Object counts (len(gc.get_objects())), the reference counts of items and
 results, and tracemalloc's traced memory stay flat across many runs of
-run() and Stream on every engine.
+run() and Stream on every engine, and (greenlet) across runs whose source
+runs in a consumer's greenlet.
 """
+import contextvars
 import gc
 import sys
 import tracemalloc
@@ -69,6 +71,82 @@ def test_no_leaks(engine, runs):
         before = tracemalloc.get_traced_memory()[0]
         for k in range(runs):
             one_round(engine, k)
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    gc.collect()
+    assert sys.getrefcount(ITEM) == item_refs
+    assert sys.getrefcount(RESULT) == result_refs
+    assert len(gc.get_objects()) - objects < 50
+    assert after - before < 64 * 1024, (before, after)
+
+
+COUNTER = contextvars.ContextVar("lockstep_leak_counter")
+
+
+def refill_round(engine, k):
+    """Runs whose source runs in a consumer's greenlet (greenlet engine):
+    failing there, setting a ContextVar, switching to the caller's greenlet,
+    feeding a nested run, calling run() itself; consumers handling an
+    exception meanwhile."""
+    import greenlet
+    caller = greenlet.getcurrent()
+
+    def source(n, fail=None, setvar=False, echo=False):
+        for i in range(n):
+            if i == fail:
+                raise Boom("src")
+            if setvar:
+                COUNTER.set(i)
+            if echo:
+                caller.switch(ITEM)
+            yield ITEM
+
+    def in_except(it):
+        try:
+            raise KeyError("handled")
+        except KeyError:
+            return list(it)
+
+    if k % 2:  # in a context of its own, which a leaked reference would keep
+        return contextvars.copy_context().run(refill_kind, k // 2 % 6, engine, source, in_except)
+    return refill_kind(k // 2 % 6, engine, source, in_except)
+
+
+def refill_kind(kind, engine, source, in_except):
+    try:
+        if kind == 0:
+            lockstep.run(source(20, fail=9), list, list, window=1, engine=engine)
+        elif kind == 1:
+            lockstep.run(source(20, setvar=True), list, list, window=2, engine=engine)
+        elif kind == 2:
+            lockstep.run(source(20, echo=True), list, lambda it: RESULT, window=3, engine=engine)
+        elif kind == 3:
+            lockstep.run(source(20), lambda it: lockstep.run(it, list, list, engine=engine), list,
+                         window=1, engine=engine)
+        elif kind == 4:
+            lockstep.run((lockstep.run(iter([ITEM]), list, engine=engine) for _ in range(5)),
+                         list, list, window=1, engine=engine)
+        else:
+            lockstep.run(source(30, fail=17), in_except, in_except, window=4, engine=engine)
+    except Boom:
+        pass
+
+
+@pytest.mark.skipif("greenlet" not in lockstep.engines(), reason="greenlet unavailable")
+def test_no_leaks_when_consumers_refill():
+    engine = "greenlet"
+    for k in range(300):
+        refill_round(engine, k)
+    gc.collect()
+    objects = len(gc.get_objects())
+    item_refs, result_refs = sys.getrefcount(ITEM), sys.getrefcount(RESULT)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for k in range(RUNS):
+            refill_round(engine, k)
         gc.collect()
         after = tracemalloc.get_traced_memory()[0]
     finally:
