@@ -184,7 +184,7 @@ static PyObject *raise_code(int rc)
  * ------------------------------------------------------------------------ */
 
 /* Raises the RuntimeError for an iterator used where it may not be; NULL. */
-static PyObject *iter_misuse(IterObject *self)
+static __attribute__((noinline, cold)) PyObject *iter_misuse(IterObject *self)
 {
     if (self->it == NULL)
         PyErr_SetString(PyExc_RuntimeError,
@@ -197,9 +197,10 @@ static PyObject *iter_misuse(IterObject *self)
 }
 
 /* The slow path of __next__: the window is used up, so wait for the
- * producer in the engine's way.  Returns a new reference, or NULL with
+ * producer in the engine's way.  Out of line, so that the fast path needs
+ * no stack frame of its own.  Returns a new reference, or NULL with
  * StopIteration implied (end or cancellation) or an exception set. */
-static PyObject *iter_next_slow(IterObject *self, lockstep_iter *it)
+static __attribute__((noinline)) PyObject *iter_next_slow(IterObject *self, lockstep_iter *it)
 {
     const void *p;
     switch (self->engine) {
