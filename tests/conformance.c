@@ -14,6 +14,7 @@
 #include "lockstep.h"
 
 #include <inttypes.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
@@ -608,8 +609,12 @@ static void test_bad_input(void)
     (void)s;
 }
 
-/* Misuse: consumer 1 calls lockstep_next on consumer 0's iterator. */
+/* Misuse: consumer 1 calls lockstep_next on consumer 0's iterator.  With
+ * threads it waits until consumer 0 has returned: lockstep_next's inline
+ * fast path reads the iterator unsynchronised, so calling it while its own
+ * thread still runs would be a data race in the test itself. */
 static lockstep_iter *stolen;
+static atomic_int stolen_done;
 
 static int stash_iter(lockstep_iter *it, void *arg)
 {
@@ -617,6 +622,7 @@ static int stash_iter(lockstep_iter *it, void *arg)
     stolen = it;
     while (lockstep_next(it) != NULL) {
     }
+    atomic_store(&stolen_done, 1);
     return 0;
 }
 
@@ -625,6 +631,8 @@ static int use_stolen(lockstep_iter *it, void *arg)
     int *got_null = arg;
     while (lockstep_next(it) != NULL) {
     }
+    while (engine == LOCKSTEP_ENGINE_THREAD && !atomic_load(&stolen_done))
+        sched_yield();
     *got_null = lockstep_next(stolen) == NULL;
     return 0;
 }
@@ -632,6 +640,7 @@ static int use_stolen(lockstep_iter *it, void *arg)
 static void test_misuse(void)
 {
     int got_null = 0;
+    atomic_store(&stolen_done, 0);
     lockstep_consumer cs[2] = {{stash_iter, NULL}, {use_stolen, &got_null}};
     counter_source src = counter(10);
     lockstep_report rep;
