@@ -203,8 +203,9 @@ uint64_t lockstep_position(const lockstep_iter *it) { return it ? lockstep__iter
 size_t lockstep_index(const lockstep_iter *it) { return it ? it->index : 0; }
 
 /* ------------------------------------------------------------------------
- * Cooperative engines: the scheduler context resumes each live consumer in
- * index order; a consumer suspends when its window is used up.
+ * Cooperative engines (fiber, greenlet): shared open, finish and destroy.
+ * Each engine runs rounds itself (lockstep__round_*), handing control from
+ * consumer to consumer.
  * ------------------------------------------------------------------------ */
 
 /* Allocates the window and contexts, then starts every consumer so that it
@@ -240,18 +241,6 @@ fail:
     return rc;
 }
 
-/* The generic round: the scheduler resumes each consumer in turn and each
- * suspends back to it. */
-int lockstep__coop_dispatch(lockstep_stream *s)
-{
-    int rc = 0;
-    for (lockstep_iter *it = lockstep__round_begin(s); it != NULL && rc == 0;
-         it = lockstep__round_next(s))
-        rc = s->ops->coop_resume(s, it);
-    lockstep__round_end(s);
-    return rc;
-}
-
 /* The stream has ended: one more round lets every consumer see the end (or
  * its cancellation) and return, because lockstep_next never waits once the
  * stream has ended. */
@@ -275,24 +264,6 @@ void lockstep__coop_destroy(lockstep_stream *s)
     lockstep__free(s->win);
     s->order = NULL;
     s->win = NULL;
-}
-
-/* Consumer side of a cooperative engine: suspend until the window moves. */
-const void *lockstep__coop_next_slow(lockstep_iter *it)
-{
-    lockstep_stream *s = it->stream;
-    if (!lockstep__iter_is_current(it))
-        return NULL;
-    for (;;) {
-        int must_wait;
-        const void *item = lockstep__next_step(it, &must_wait);
-        if (!must_wait)
-            return item;
-        int rc = s->ops->coop_suspend(s, it);
-        if (NEVER(rc < 0)) {
-            lockstep__record_failure(s, lockstep__iter_pos(it), LOCKSTEP__RANK_LIBRARY, rc);
-        }
-    }
 }
 
 /* ------------------------------------------------------------------------

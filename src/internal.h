@@ -6,8 +6,8 @@
  * count and the outcome (which failure wins).  An engine only decides how
  * consumers get to run: on fibers, on threads, on greenlets, or one after
  * another after buffering everything.  Engines plug in through
- * lockstep__engine_ops; cooperative engines (fiber, greenlet) supply three
- * context primitives and reuse the core's dispatch loop and slow path.
+ * lockstep__engine_ops; cooperative engines (fiber, greenlet) share the
+ * core's open, finish and destroy, and run rounds with lockstep__round_*.
  */
 #ifndef LOCKSTEP_INTERNAL_H
 #define LOCKSTEP_INTERNAL_H
@@ -152,10 +152,6 @@ struct lockstep__engine_ops {
     /* Cooperative engines only (used by lockstep__coop_*): */
     /* Makes a context in which lockstep__consumer_main(it) will run. */
     int (*coop_create)(lockstep_stream *s, lockstep_iter *it);
-    /* From the scheduler, runs it until it suspends or returns. */
-    int (*coop_resume)(lockstep_stream *s, lockstep_iter *it);
-    /* From inside it, returns control to the scheduler. */
-    int (*coop_suspend)(lockstep_stream *s, lockstep_iter *it);
     /* Frees it's context; it has returned or never started. */
     void (*coop_destroy)(lockstep_stream *s, lockstep_iter *it);
 
@@ -191,13 +187,12 @@ void lockstep__consumer_finished(lockstep_iter *it, int rc);
 void lockstep__consumer_main(lockstep_iter *it);
 
 
-/* Cooperative engines: dispatch (resume each live consumer in index order),
- * finish, and the consumer-side slow path built on coop_suspend. */
+/* Cooperative engines: open (window, order list, one context per consumer,
+ * each run up to its first lockstep_next), finish (one last round) and
+ * destroy.  Rounds themselves are the engine's (lockstep__round_*). */
 int lockstep__coop_open(lockstep_stream *s);
-int lockstep__coop_dispatch(lockstep_stream *s);
 int lockstep__coop_finish(lockstep_stream *s);
 void lockstep__coop_destroy(lockstep_stream *s);
-const void *lockstep__coop_next_slow(lockstep_iter *it);
 
 /* Hands the full window to the engine; an engine failure is recorded as
  * a library failure at the current position.  Returns 0 or that code. */
@@ -231,15 +226,18 @@ void lockstep__pull(lockstep_stream *s, lockstep_source_fn source, void *source_
  * lockstep_close or lockstep_fail would learn it, and sets source_done. */
 void lockstep__source_stopped(lockstep_stream *s, int rc);
 
-/* Pull mode: reads items from s->source straight into the window, one at
- * a time so that nothing is read that no consumer may want.  Returns 1 once
+/* Pull mode: reads items from source straight into the window, one at a
+ * time so that nothing is read that no consumer may want.  Returns 1 once
  * the window is full; 0 when the source ended or failed, or (concurrent
- * engines, whose consumers detach at any moment) no consumer wants more. */
-LOCKSTEP__HOT int lockstep__fill_window(lockstep_stream *s)
+ * engines, whose consumers detach at any moment) no consumer wants more.
+ * Always inlined, so that a binding passing its own source as a constant
+ * gets a direct call. */
+LOCKSTEP__HOT int lockstep__fill_window_with(lockstep_stream *s, lockstep_source_fn source,
+                                             void *source_arg)
 {
     const int every_item = s->ops->concurrent;
     while (s->filled < s->cap) {
-        int rc = s->source(s->source_arg, s->win + s->filled * s->item_size);
+        int rc = source(source_arg, s->win + s->filled * s->item_size);
         if (rc != 1) {
             lockstep__source_stopped(s, rc);
             return 0;
@@ -250,6 +248,12 @@ LOCKSTEP__HOT int lockstep__fill_window(lockstep_stream *s)
             return 0;
     }
     return 1;
+}
+
+/* The same from s->source. */
+LOCKSTEP__HOT int lockstep__fill_window(lockstep_stream *s)
+{
+    return lockstep__fill_window_with(s, s->source, s->source_arg);
 }
 
 /* Releases count items at items through s->drop_items, if set. */
@@ -406,14 +410,23 @@ LOCKSTEP__HOT void lockstep__round_end(lockstep_stream *s)
  * source ended or failed or no consumer wants more.  In those cases the
  * round has been ended, and the producer must not end it again (see
  * s->dispatching). */
-LOCKSTEP__HOT lockstep_iter *lockstep__round_again(lockstep_stream *s)
+LOCKSTEP__HOT lockstep_iter *lockstep__round_again_with(lockstep_stream *s,
+                                                      lockstep_source_fn source,
+                                                      void *source_arg)
 {
     if (s->source == NULL || s->ended)
         return NULL;
     lockstep__round_end(s);
-    if (!lockstep__wanted(s) || s->source_done || !lockstep__fill_window(s))
+    if (!lockstep__wanted(s) || s->source_done ||
+        !lockstep__fill_window_with(s, source, source_arg))
         return NULL;
     return lockstep__round_begin(s);
+}
+
+/* The same from s->source. */
+LOCKSTEP__HOT lockstep_iter *lockstep__round_again(lockstep_stream *s)
+{
+    return lockstep__round_again_with(s, s->source, s->source_arg);
 }
 
 /* --- Allocation, with fault injection (src/core.c) ---------------------- */

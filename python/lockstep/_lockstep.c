@@ -971,40 +971,18 @@ static inline int rs_source(void *arg, void *slot)
     return PYLOCKSTEP_EPYTHON;
 }
 
-/* The next three are the core's lockstep__fill_window, lockstep__round_again
- * and lockstep__pull (src/internal.h, src/core.c) with rs_source called
- * directly instead of through s->source: at the default window the source
- * call is most of the producer's cost per item, and the indirect call cost
- * about 1 ns of 20 (sum and max over range(10**6)).  Keep them in step with
- * the core's. */
-
-/* lockstep__fill_window: reads items into the window until it is full
- * (returns 1) or the source ends or fails (returns 0). */
+/* The core's refill helpers with rs_source passed as a constant: they are
+ * always inlined, so the source call is direct.  At the default window the
+ * source call is most of the producer's cost per item, and the indirect
+ * call cost about 1 ns of 20 (sum and max over range(10**6)). */
 static inline __attribute__((always_inline)) int greenlet_fill(runstate *rs, lockstep_stream *s)
 {
-    PyObject **win = (PyObject **)s->win;
-    while (s->filled < s->cap) {
-        int rc = rs_source(rs, &win[s->filled]);
-        if (rc != 1) {
-            lockstep__source_stopped(s, rc);
-            return 0;
-        }
-        s->read++;
-        s->filled++;
-    }
-    return 1;
+    return lockstep__fill_window_with(s, rs_source, rs);
 }
 
-/* lockstep__round_again: ends the round, refills the window and begins the
- * next round; NULL when control must go back to the producer. */
 static lockstep_iter *greenlet_round_again(runstate *rs, lockstep_stream *s)
 {
-    if (s->source == NULL || s->ended)
-        return NULL;
-    lockstep__round_end(s);
-    if (!lockstep__wanted(s) || s->source_done || !greenlet_fill(rs, s))
-        return NULL;
-    return lockstep__round_begin(s);
+    return lockstep__round_again_with(s, rs_source, rs);
 }
 
 /* run()'s loop on the greenlet engine, lockstep__pull: the stream is in
