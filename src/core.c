@@ -150,6 +150,7 @@ void lockstep__record_failure(lockstep_stream *s, uint64_t pos, size_t rank, int
     s->fail_rank = rank;
     s->fail_code = code;
     atomic_store_explicit(&s->failed, 1, memory_order_release); /* publishes the fields above */
+    atomic_store_explicit(&s->unusual, 1, memory_order_relaxed);
 }
 
 /* Records that it's consumer returned rc.  A code returned after the
@@ -455,6 +456,7 @@ int lockstep_fail(lockstep_stream *s, int code)
     s->src_pending = 1;
     s->src_pos = s->read;
     s->src_code = code;
+    atomic_store_explicit(&s->unusual, 1, memory_order_relaxed);
     return 0;
 }
 
@@ -464,6 +466,7 @@ int lockstep_close(lockstep_stream *s)
     if (rc < 0)
         return rc;
     s->ended = 1;
+    atomic_store_explicit(&s->unusual, 1, memory_order_relaxed);
     rc = s->ops->finish(s);
     if (rc < 0)
         lockstep__record_failure(s, s->read, LOCKSTEP__RANK_LIBRARY, rc);
@@ -497,6 +500,7 @@ void lockstep__source_stopped(lockstep_stream *s, int rc)
         s->src_pending = 1;
         s->src_pos = s->read;
         s->src_code = rc;
+        atomic_store_explicit(&s->unusual, 1, memory_order_relaxed);
     }
 }
 

@@ -104,6 +104,10 @@ struct lockstep_stream {
     size_t cursor;                   /* cooperative engines: entries of order run this round */
     int backward;                    /* this round runs order from its end */
     int ended;                       /* no item at or after position read */
+    /* Set, never cleared, once failed, src_pending or ended is: while it is
+     * clear the slow path needs to look at nothing but the window.  Atomic
+     * (relaxed) because threaded consumers may set it as the producer does. */
+    _Atomic int unusual;
     int state;
     int dispatching;                 /* re-entrancy guard for push/close */
 
@@ -296,6 +300,19 @@ LOCKSTEP__HOT const void *lockstep__next_step(lockstep_iter *it, int *must_wait)
     lockstep_stream *s = it->stream;
     uint64_t pos = lockstep__iter_pos(it);
     *must_wait = 0;
+    if (LOCKSTEP__LIKELY(!atomic_load_explicit(&s->unusual, memory_order_relaxed))) {
+        /* The usual case, in fewer steps: the rest of the window, or wait. */
+        if (pos - s->base < s->filled) { /* unsigned: also pos >= base */
+            size_t size = it->head.item_size;
+            const unsigned char *item = s->win + (size_t)(pos - s->base) * size;
+            it->head.end = s->win + s->filled * size;
+            it->end_pos = s->base + s->filled;
+            it->head.cur = item + size;
+            return item;
+        }
+        *must_wait = 1;
+        return NULL;
+    }
     for (;;) {
         if (s->failed && pos >= s->fail_pos) {
             it->cancelled = 1;
