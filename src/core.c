@@ -504,6 +504,12 @@ void lockstep__source_stopped(lockstep_stream *s, int rc)
     }
 }
 
+/* See internal.h. */
+int lockstep__fill_window(lockstep_stream *s)
+{
+    return lockstep__fill_window_with(s, s->source, s->source_arg);
+}
+
 /* Fills the window and hands it over until the source stops or no
  * consumer wants more.  A cooperative engine may refill in a consumer's
  * context and run several rounds in one dispatch (lockstep__round_again). */
