@@ -58,11 +58,12 @@ def one_round(engine, k):
         pass
 
 
-@pytest.mark.parametrize("runs", [RUNS])
-def test_no_leaks(engine, runs):
-    runs = runs if engine != "thread" else runs // 5  # threads cost ~100 us each
-    for k in range(200):
-        one_round(engine, k)
+def assert_flat(one, engine, warmup, runs):
+    """Runs one(engine, k) warmup times, then runs times under tracemalloc,
+    and asserts that object counts, the refcounts of ITEM and RESULT, and
+    traced memory stayed flat."""
+    for k in range(warmup):
+        one(engine, k)
     gc.collect()
     objects = len(gc.get_objects())
     item_refs, result_refs = sys.getrefcount(ITEM), sys.getrefcount(RESULT)
@@ -70,7 +71,7 @@ def test_no_leaks(engine, runs):
     try:
         before = tracemalloc.get_traced_memory()[0]
         for k in range(runs):
-            one_round(engine, k)
+            one(engine, k)
         gc.collect()
         after = tracemalloc.get_traced_memory()[0]
     finally:
@@ -80,6 +81,12 @@ def test_no_leaks(engine, runs):
     assert sys.getrefcount(RESULT) == result_refs
     assert len(gc.get_objects()) - objects < 50
     assert after - before < 64 * 1024, (before, after)
+
+
+@pytest.mark.parametrize("runs", [RUNS])
+def test_no_leaks(engine, runs):
+    runs = runs if engine != "thread" else runs // 5  # threads cost ~100 us each
+    assert_flat(one_round, engine, 200, runs)
 
 
 COUNTER = contextvars.ContextVar("lockstep_leak_counter")
@@ -136,23 +143,4 @@ def refill_kind(kind, engine, source, in_except):
 
 @pytest.mark.skipif("greenlet" not in lockstep.engines(), reason="greenlet unavailable")
 def test_no_leaks_when_consumers_refill():
-    engine = "greenlet"
-    for k in range(300):
-        refill_round(engine, k)
-    gc.collect()
-    objects = len(gc.get_objects())
-    item_refs, result_refs = sys.getrefcount(ITEM), sys.getrefcount(RESULT)
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        for k in range(RUNS):
-            refill_round(engine, k)
-        gc.collect()
-        after = tracemalloc.get_traced_memory()[0]
-    finally:
-        tracemalloc.stop()
-    gc.collect()
-    assert sys.getrefcount(ITEM) == item_refs
-    assert sys.getrefcount(RESULT) == result_refs
-    assert len(gc.get_objects()) - objects < 50
-    assert after - before < 64 * 1024, (before, after)
+    assert_flat(refill_round, "greenlet", 300, RUNS)
