@@ -805,13 +805,9 @@ static int run_scripted(lockstep_engine e, script *sc, size_t count, counter_sou
     o.engine = e;
     o.window = window;
     o.report = rep;
-    if (!use_push)
-        return lockstep_run(counter_pull, src, sizeof(int64_t), cs, count, &o);
-    lockstep_stream *s;
-    int rc = lockstep_open(&s, sizeof(int64_t), cs, count, &o);
-    if (rc < 0)
-        return rc;
-    return push_in_chunks(s, counter_pull, src, sizeof(int64_t), 17, rnd);
+    if (use_push)
+        return run_by_push(counter_pull, src, sizeof(int64_t), cs, count, &o, 17, rnd);
+    return lockstep_run(counter_pull, src, sizeof(int64_t), cs, count, &o);
 }
 
 static void random_case(int use_push)

@@ -89,13 +89,9 @@ static int run(lockstep_engine e, script *sc, size_t n, counter_source src, size
     o.window = window;
     o.report = rep;
     o.stack_size = 64 * 1024;
-    if (!push)
-        return lockstep_run(counter_pull, &src, sizeof(uint64_t), cs, n, &o);
-    lockstep_stream *s;
-    int rc = lockstep_open(&s, sizeof(uint64_t), cs, n, &o);
-    if (rc < 0)
-        return rc;
-    return push_in_chunks(s, counter_pull, &src, sizeof(uint64_t), 40, rnd);
+    if (push)
+        return run_by_push(counter_pull, &src, sizeof(uint64_t), cs, n, &o, 40, rnd);
+    return lockstep_run(counter_pull, &src, sizeof(uint64_t), cs, n, &o);
 }
 
 /* One random case: thread against buffer. */
