@@ -15,6 +15,16 @@ class Boom(Exception):
     pass
 
 
+def summing_logged(log):
+    """A consumer that sums, and logs "finally" however it ends."""
+    def careful(it):
+        try:
+            return sum(it)
+        finally:
+            log.append("finally")
+    return careful
+
+
 def fail_at(p):
     def consumer(it):
         for i, _ in enumerate(it, 1):
@@ -35,14 +45,8 @@ def test_consumer_failure_raised_at_exit(engine, window):
 def test_body_exception_propagates_and_cancels(engine, window):
     log = []
 
-    def careful(it):
-        try:
-            return sum(it)
-        finally:
-            log.append("finally")
-
     with pytest.raises(KeyError):
-        with lockstep.Stream(careful, window=window, engine=engine) as st:
+        with lockstep.Stream(summing_logged(log), window=window, engine=engine) as st:
             st.extend(range(10))
             raise KeyError("body")
     assert log == ["finally"]
@@ -84,13 +88,7 @@ def test_extend_error_propagates_and_stream_stays_open(engine):
 def test_unclosed_stream_is_cancelled_on_drop(engine):
     log = []
 
-    def careful(it):
-        try:
-            return sum(it)
-        finally:
-            log.append("finally")
-
-    st = lockstep.Stream(careful, engine=engine)
+    st = lockstep.Stream(summing_logged(log), engine=engine)
     st.extend(range(10))
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
