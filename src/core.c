@@ -510,19 +510,6 @@ int lockstep__fill_window(lockstep_stream *s)
     return lockstep__fill_window_with(s, s->source, s->source_arg);
 }
 
-/* Fills the window and hands it over until the source stops or no
- * consumer wants more.  A cooperative engine may refill in a consumer's
- * context and run several rounds in one dispatch (lockstep__round_again). */
-void lockstep__pull(lockstep_stream *s, lockstep_source_fn source, void *source_arg)
-{
-    s->source = source;
-    s->source_arg = source_arg;
-    while (lockstep__wanted(s) && !s->source_done) {
-        if (!lockstep__fill_window(s) || lockstep__dispatch(s) < 0)
-            return;
-    }
-}
-
 int lockstep_run(lockstep_source_fn source, void *source_arg, size_t item_size,
                  const lockstep_consumer *consumers, size_t n_consumers,
                  const lockstep_options *options)
@@ -535,6 +522,6 @@ int lockstep_run(lockstep_source_fn source, void *source_arg, size_t item_size,
     int rc = lockstep_open(&s, item_size, consumers, n_consumers, options);
     if (rc < 0)
         return rc;
-    lockstep__pull(s, source, source_arg);
+    lockstep__pull_with(s, source, source_arg);
     return lockstep_close(s);
 }

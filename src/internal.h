@@ -222,10 +222,6 @@ static inline int lockstep__commit_one(lockstep_stream *s)
     return rc < 0 ? rc : 1;
 }
 
-/* lockstep_run's loop over an open stream: pulls from source until it
- * ends or fails (recorded with lockstep_fail) or no consumer is left. */
-void lockstep__pull(lockstep_stream *s, lockstep_source_fn source, void *source_arg);
-
 /* The source returned rc (0 = end, < 0 = error): records it as
  * lockstep_close or lockstep_fail would learn it, and sets source_done. */
 void lockstep__source_stopped(lockstep_stream *s, int rc);
@@ -258,6 +254,22 @@ LOCKSTEP__HOT int lockstep__fill_window_with(lockstep_stream *s, lockstep_source
  * engine's slow path, the loop kept that function's registers spilled
  * around every source call. */
 int lockstep__fill_window(lockstep_stream *s);
+
+/* lockstep_run's loop: makes s pull from source, then fills the window and
+ * hands it over until the source stops or no consumer wants more.  A
+ * cooperative engine may refill in a consumer's context and run several
+ * rounds in one dispatch (lockstep__round_again).  Inlined, so that a
+ * binding's constant source is a direct call. */
+LOCKSTEP__HOT void lockstep__pull_with(lockstep_stream *s, lockstep_source_fn source,
+                                       void *source_arg)
+{
+    s->source = source;
+    s->source_arg = source_arg;
+    while (lockstep__wanted(s) && !s->source_done) {
+        if (!lockstep__fill_window_with(s, source, source_arg) || lockstep__dispatch(s) < 0)
+            return;
+    }
+}
 
 /* Releases count items at items through s->drop_items, if set. */
 static inline void lockstep__drop(lockstep_stream *s, void *items, size_t count)
@@ -416,6 +428,17 @@ LOCKSTEP__HOT void lockstep__round_end(lockstep_stream *s)
     lockstep__window_consumed(s);
 }
 
+/* The first half of lockstep__round_again: in pull mode, and unless the
+ * stream is ending, ends the round; returns 1 when the window should then be
+ * refilled (some consumer wants more and the source has not stopped). */
+LOCKSTEP__HOT int lockstep__round_end_to_refill(lockstep_stream *s)
+{
+    if (s->source == NULL || s->ended)
+        return 0;
+    lockstep__round_end(s);
+    return lockstep__wanted(s) && !s->source_done;
+}
+
 /* Pull mode, cooperative engines: the consumer that ends a round refills
  * the window itself and starts the next round, which spares the two
  * switches through the producer's context (at window 1 they are a third of
@@ -430,11 +453,7 @@ LOCKSTEP__HOT lockstep_iter *lockstep__round_again_with(lockstep_stream *s,
                                                       lockstep_source_fn source,
                                                       void *source_arg)
 {
-    if (s->source == NULL || s->ended)
-        return NULL;
-    lockstep__round_end(s);
-    if (!lockstep__wanted(s) || s->source_done ||
-        !lockstep__fill_window_with(s, source, source_arg))
+    if (!lockstep__round_end_to_refill(s) || !lockstep__fill_window_with(s, source, source_arg))
         return NULL;
     return lockstep__round_begin(s);
 }
@@ -444,14 +463,11 @@ LOCKSTEP__HOT lockstep_iter *lockstep__round_again_with(lockstep_stream *s,
  * longer ones out of line, where the loop keeps its own registers. */
 LOCKSTEP__HOT lockstep_iter *lockstep__round_again(lockstep_stream *s)
 {
-    if (s->source == NULL || s->ended)
+    if (s->cap == 1)
+        return lockstep__round_again_with(s, s->source, s->source_arg);
+    if (!lockstep__round_end_to_refill(s) || !lockstep__fill_window(s))
         return NULL;
-    lockstep__round_end(s);
-    if (!lockstep__wanted(s) || s->source_done)
-        return NULL;
-    int full = s->cap == 1 ? lockstep__fill_window_with(s, s->source, s->source_arg)
-                           : lockstep__fill_window(s);
-    return full ? lockstep__round_begin(s) : NULL;
+    return lockstep__round_begin(s);
 }
 
 /* --- Allocation, with fault injection (src/core.c) ---------------------- */

@@ -971,21 +971,17 @@ static inline int rs_source(void *arg, void *slot)
     return PYLOCKSTEP_EPYTHON;
 }
 
-/* The core's refill helpers with rs_source passed as a constant: they are
- * always inlined, so the source call is direct.  At the default window the
- * source call is most of the producer's cost per item, and the indirect
- * call cost about 1 ns of 20 (sum and max over range(10**6)). */
-static inline __attribute__((always_inline)) int greenlet_fill(runstate *rs, lockstep_stream *s)
-{
-    return lockstep__fill_window_with(s, rs_source, rs);
-}
-
+/* The core's refill helpers (lockstep__round_again_with, and
+ * lockstep__pull_with below) take rs_source as a constant: they are always
+ * inlined, so the source call is direct.  At the default window the source
+ * call is most of the producer's cost per item, and the indirect call cost
+ * about 1 ns of 20 (sum and max over range(10**6)). */
 static lockstep_iter *greenlet_round_again(runstate *rs, lockstep_stream *s)
 {
     return lockstep__round_again_with(s, rs_source, rs);
 }
 
-/* run()'s loop on the greenlet engine, lockstep__pull: the stream is in
+/* run()'s loop on the greenlet engine, lockstep__pull_with: the stream is in
  * pull mode, so that consumers refill the window themselves
  * (greenlet_refill).  Not when this run is itself inside a lockstep
  * consumer: its source may be that consumer's iterator, which works only in
@@ -1007,12 +1003,7 @@ static void greenlet_pull(runstate *rs, PyObject *src)
         rs->context = Py_NewRef(PyThreadState_Get()->context);
         rs->refill_here = 1;
     }
-    s->source = rs_source;
-    s->source_arg = rs;
-    while (lockstep__wanted(s) && !s->source_done) {
-        if (!greenlet_fill(rs, s) || lockstep__dispatch(s) < 0)
-            break;
-    }
+    lockstep__pull_with(s, rs_source, rs);
     rs->refill_here = 0;
     rs->src = NULL;
 }
