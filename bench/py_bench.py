@@ -11,13 +11,8 @@ Method, per row: one plain warm-up run (which also gives the time estimate;
 rows estimated at over a second skip it), one separate run under tracemalloc
 for the peak memory (never timed; at a smaller N for rows too slow to trace),
 then timed repeats -- 7 by default, fewer when a row would exceed its time
-budget -- reported as median and min-max.  The ratio to the buffer baseline
-comes from paired runs for rows faster than --pair-max seconds: the row and
-the baseline run alternately (which one goes first alternates too), and the
-ratio is the median of the per-pair ratios.  This VM's speed drifts by up to
-1.6x over seconds, so two medians taken apart can disagree by more than the
-differences being measured; a pair sees the same drift.  Slower rows, whose
-runs average the drift out, use median / baseline median.  Rows whose single run is estimated (from the N=10**4
+budget -- reported as median, min-max and ratio to the buffer baseline's
+median at the same N.  Rows whose single run is estimated (from the N=10**4
 time) at over --max-est seconds are skipped.
 
 Output: a Markdown table on stdout and, with --json PATH, a JSON file with
@@ -188,31 +183,12 @@ def measure(fn, n, estimate, cfg):
     }
 
 
-def paired_ratio(fn, base_fn, n, pairs):
-    """Median of time(fn) / time(base_fn) over pairs of adjacent runs.
-
-    The order within a pair alternates, so that neither side always runs
-    right after the other (whose leftovers in the caches or the allocator
-    could favour or hurt it)."""
-    ratios = []
-    for k in range(pairs):
-        if k % 2:
-            base = run_checked(base_fn, n)
-            t = run_checked(fn, n)
-        else:
-            t = run_checked(fn, n)
-            base = run_checked(base_fn, n)
-        ratios.append(t / base)
-    return statistics.median(ratios), ratios
-
-
 def bench_rows(rows, sizes, cfg, log):
     """Benchmark every row at every size; returns the list of JSON rows."""
     out = []
     small_time = {}  # row name -> (n, median) at the smallest size, for estimates
     for n in sizes:
         base = None
-        base_fn = next(row.fn for row in rows if row.baseline)
         for row in rows:
             rec = {"suite": "python", "name": row.name, "n": n}
             if row.unavailable:
@@ -235,13 +211,6 @@ def bench_rows(rows, sizes, cfg, log):
             if row.baseline:
                 base = rec["median_s"]
             rec["ratio"] = rec["median_s"] / base if base else None
-            if not row.baseline and rec["median_s"] < cfg.pair_max_s:
-                pair_s = rec["median_s"] + base
-                pairs = max(21, min(cfg.pairs, int(cfg.budget_s / pair_s)))
-                rec["ratio"], ratios = paired_ratio(row.fn, base_fn, n, pairs)
-                quartiles = statistics.quantiles(ratios, n=4)
-                rec["pairs"] = pairs
-                rec["pair_ratio_q1_q3"] = [quartiles[0], quartiles[2]]
             small_time.setdefault(row.name, (n, rec["median_s"]))
             log(f"  N={n:>8} {row.name}: {fmt_time(rec['median_s'])} "
                 f"x{rec['repeats']} ({time.perf_counter() - t_start:.1f} s)")
@@ -316,8 +285,6 @@ def markdown_table(rows):
                          "| | | | | |")
             continue
         ratio = "-" if r.get("ratio") is None else f"{r['ratio']:.2f}"
-        if r.get("pairs"):
-            ratio += " (p)"
         spread = (f"{fmt_time(r['min_s'])} - {fmt_time(r['max_s'])}" if r["repeats"] > 1
                   else "(1 run)")
         mem = fmt_bytes(r.get("peak_bytes"))
@@ -400,11 +367,6 @@ def parse_args(argv):
     p.add_argument("--mem-max", type=float, default=6.0, dest="mem_max_s",
                    help="seconds a tracemalloc run may take before it uses a smaller N")
     p.add_argument("--no-memory", action="store_true", help="skip the tracemalloc runs")
-    p.add_argument("--pairs", type=int,
-                   help="paired runs with the baseline per fast row, within --budget "
-                        "(default 201; --quick: 51)")
-    p.add_argument("--pair-max", type=float, default=0.05, dest="pair_max_s",
-                   help="rows whose median is under this many seconds get a paired ratio")
     p.add_argument("--no-python", action="store_true",
                    help="only the lockstep rows (the buffer baseline still runs)")
     args = p.parse_args(argv)
@@ -412,8 +374,6 @@ def parse_args(argv):
         args.sizes = [10 ** 4] if args.quick else [10 ** 4, 10 ** 6]
     if args.repeats is None:
         args.repeats = 5 if args.quick else 7
-    if args.pairs is None:
-        args.pairs = 51 if args.quick else 201
     if args.budget_s is None:
         args.budget_s = 1.0 if args.quick else 8.0
     args.slow_s = 1.0       # rows estimated slower than this skip the warm-up
@@ -457,8 +417,7 @@ def main(argv=None):
           f"Python {platform.python_version()}, greenlet {info['greenlet']}, "
           f"uvloop {info['uvloop']}, {info['date']}\n")
     print(markdown_table(results))
-    print("\nratio = median / median of `buffer: list(it)` at the same N, or, "
-          f"marked (p), the median ratio of up to {cfg.pairs} paired runs with it; "
+    print("\nratio = median / median of `buffer: list(it)` at the same N; "
           "peak mem = tracemalloc peak in a separate untimed run (at a smaller N "
           "where noted, for rows too slow to trace at full N).")
     if sweep:
@@ -474,7 +433,6 @@ def main(argv=None):
             "machine": info,
             "config": {"sizes": cfg.sizes, "repeats": cfg.repeats, "budget_s": cfg.budget_s,
                        "max_est_s": cfg.max_est, "mem_max_s": cfg.mem_max_s,
-                       "pairs": cfg.pairs, "pair_max_s": cfg.pair_max_s,
                        "quick": cfg.quick,
                        "consumers": ["sum", "max"], "data": "iter(range(N))"},
             "rows": results,
