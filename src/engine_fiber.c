@@ -51,21 +51,19 @@ static int fiber_dispatch(lockstep_stream *s)
     return 0;
 }
 
+/* The window is used up: switches to whoever runs next.  Returns 0. */
+static inline __attribute__((always_inline)) int fiber_pass_on(lockstep_iter *it)
+{
+    lockstep__fiber *to = following(it->stream);
+    if (to != it->engine_data) /* else it refilled the window for itself */
+        lockstep__fiber_switch(it->engine_data, to);
+    return 0;
+}
+
 /* Consumer side: when the window is used up, pass control on. */
 static const void *fiber_next_slow(lockstep_iter *it)
 {
-    lockstep_stream *s = it->stream;
-    if (!lockstep__iter_is_current(it))
-        return NULL;
-    for (;;) {
-        int must_wait;
-        const void *item = lockstep__next_step(it, &must_wait);
-        if (!must_wait)
-            return item;
-        lockstep__fiber *to = following(s);
-        if (to != it->engine_data) /* else it refilled the window for itself */
-            lockstep__fiber_switch(it->engine_data, to);
-    }
+    return lockstep__next_slow_with(it, fiber_pass_on);
 }
 
 static int fiber_open(lockstep_stream *s)

@@ -389,6 +389,25 @@ static inline int lockstep__iter_is_current(lockstep_iter *it)
  * wait for the window to advance, or NULL (end or cancel) with *must_wait
  * clear. */
 
+/* A cooperative engine's next_slow: returns the next item, or NULL at the
+ * end, on cancellation or misuse.  While it must wait, pass_on(it) hands
+ * control on in the engine's way and returns 0 once it runs again, or
+ * nonzero to give up (NULL).  Inlined, so that pass_on is a direct call. */
+LOCKSTEP__HOT const void *lockstep__next_slow_with(lockstep_iter *it,
+                                                   int (*pass_on)(lockstep_iter *))
+{
+    if (!lockstep__iter_is_current(it))
+        return NULL;
+    for (;;) {
+        int must_wait;
+        const void *item = lockstep__next_step(it, &must_wait);
+        if (!must_wait)
+            return item;
+        if (pass_on(it) != 0)
+            return NULL;
+    }
+}
+
 /* Returns the next live consumer of this round and makes it current, or
  * NULL when the round is over and control belongs to the producer.  Rounds
  * alternate direction (index order, then reverse), so the consumer that

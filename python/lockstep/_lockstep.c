@@ -627,42 +627,43 @@ static lockstep_iter *greenlet_refill(lockstep_stream *s, lockstep_iter *it)
     return next;
 }
 
-/* next_slow: it has taken what the window offers it, so control passes on:
- * straight to the next live consumer of the round; at the end of a round in
- * run(), to the first consumer of the next round after refilling the window
- * here (possibly it itself: then no switch at all); else to the producer. */
-static const void *greenlet_next_slow(lockstep_iter *it)
+/* it has taken what the window offers it, so control passes on: straight
+ * to the next live consumer of the round; at the end of a round in run(),
+ * to the first consumer of the next round after refilling the window here
+ * (possibly it itself: then no switch at all); else to the producer.
+ * Returns 0 once it runs again, or -1 if it was resumed behind lockstep's
+ * back (its iterator then returns NULL). */
+static inline __attribute__((always_inline)) int greenlet_pass_on(lockstep_iter *it)
 {
     lockstep_stream *s = it->stream;
     runstate *rs = s->engine_arg;
-    if (!lockstep__iter_is_current(it))
-        return NULL;
-    for (;;) {
-        int must_wait;
-        const void *item = lockstep__next_step(it, &must_wait);
-        if (!must_wait)
-            return item;
-        lockstep_iter *next = lockstep__round_next(s);
-        if (next == NULL && rs->refill_here)
-            next = greenlet_refill(s, it);
-        if (next == it)
-            continue;
-        PyObject *to = rs->scheduler;
-        rs->running = NULL;
-        if (next != NULL && ((slot *)next->consumer.arg)->begun) {
-            to = next->engine_data;
-            rs->running = next;
-        }
-        PyObject *r = PyGreenlet_Switch((PyGreenlet *)to, rs->st->marker_args, NULL);
-        tls_current = it;
-        rs->running = it;
-        if (NEVER(r == NULL)) /* thrown into: cancel the run here; the consumer sees the exception */
-            lockstep__record_failure(s, lockstep__iter_pos(it), LOCKSTEP__RANK_LIBRARY,
-                                     LOCKSTEP_ESTATE);
-        Py_XDECREF(r);
-        if (NEVER(!lockstep__iter_is_current(it))) /* resumed behind lockstep's back */
-            return NULL;
+    lockstep_iter *next = lockstep__round_next(s);
+    if (next == NULL && rs->refill_here)
+        next = greenlet_refill(s, it);
+    if (next == it)
+        return 0;
+    PyObject *to = rs->scheduler;
+    rs->running = NULL;
+    if (next != NULL && ((slot *)next->consumer.arg)->begun) {
+        to = next->engine_data;
+        rs->running = next;
     }
+    PyObject *r = PyGreenlet_Switch((PyGreenlet *)to, rs->st->marker_args, NULL);
+    tls_current = it;
+    rs->running = it;
+    if (NEVER(r == NULL)) /* thrown into: cancel the run here; the consumer sees the exception */
+        lockstep__record_failure(s, lockstep__iter_pos(it), LOCKSTEP__RANK_LIBRARY,
+                                 LOCKSTEP_ESTATE);
+    Py_XDECREF(r);
+    if (NEVER(!lockstep__iter_is_current(it)))
+        return -1;
+    return 0;
+}
+
+/* next_slow: the core's cooperative slow path, passing on by greenlet. */
+static const void *greenlet_next_slow(lockstep_iter *it)
+{
+    return lockstep__next_slow_with(it, greenlet_pass_on);
 }
 
 /* coop_destroy: drops it's greenlet, which has finished or never started. */
