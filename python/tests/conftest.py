@@ -9,6 +9,7 @@
   once per engine.
 - A watchdog turns a hung test into a crash with every thread's traceback
   (faulthandler) instead of a silent hang.
+- Boom and fail_at: the exception and the failing consumer the tests share.
 """
 import faulthandler
 import glob
@@ -36,6 +37,20 @@ ENGINES = [e for e in ("greenlet", "thread", "buffer") if e in lockstep.engines(
 BOUNDED = [e for e in ENGINES if e != "buffer"]
 WINDOWS = [1, 2, 7, None]
 WATCHDOG_S = float(os.environ.get("LOCKSTEP_TEST_WATCHDOG", "120"))
+
+
+class Boom(Exception):
+    """The tests' own exception, so that no library error is mistaken for it."""
+
+
+def fail_at(p, tag="c"):
+    """A consumer that raises Boom(tag, p) after receiving p items."""
+    def consumer(it):
+        for i, _ in enumerate(it, 1):
+            if i == p:
+                raise Boom(tag, p)
+        return "done"
+    return consumer
 
 
 def lockstep_path():

@@ -15,21 +15,7 @@ import traceback
 import pytest
 
 import lockstep
-from conftest import ENGINES, WINDOWS
-
-
-class Boom(Exception):
-    pass
-
-
-def fail_at(p, tag="c"):
-    """A consumer that raises Boom(tag, p) after receiving p items."""
-    def consumer(it):
-        for i, _ in enumerate(it, 1):
-            if i == p:
-                raise Boom(tag, p)
-        return "done"
-    return consumer
+from conftest import ENGINES, WINDOWS, Boom, fail_at
 
 
 def fail_before(p, tag="c"):

@@ -21,13 +21,9 @@ import traceback
 import pytest
 
 import lockstep
-from conftest import ENGINES, WINDOWS
+from conftest import ENGINES, WINDOWS, Boom, fail_at
 
 needs_greenlet = pytest.mark.skipif("greenlet" not in ENGINES, reason="greenlet unavailable")
-
-
-class Boom(Exception):
-    pass
 
 
 def take(k):
@@ -212,18 +208,11 @@ def test_source_exception_beats_later_consumer_failures(engine, window, p):
         yield from range(p)
         raise Boom("src", p)
 
-    def fails_after(q):
-        def consumer(it):
-            for i, _ in enumerate(it, 1):
-                if i == q:
-                    raise Boom("consumer", q)
-        return consumer
-
     with pytest.raises(Boom) as info:
-        lockstep.run(source(), sum, fails_after(p + 1), sum, window=window, engine=engine)
+        lockstep.run(source(), sum, fail_at(p + 1, "consumer"), sum, window=window, engine=engine)
     assert info.value.args == ("src", p)
     with pytest.raises(Boom) as info:
-        lockstep.run(source(), sum, fails_after(p), sum, window=window, engine=engine)
+        lockstep.run(source(), sum, fail_at(p, "consumer"), sum, window=window, engine=engine)
     assert info.value.args == ("consumer", p)
 
 

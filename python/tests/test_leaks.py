@@ -13,12 +13,9 @@ import tracemalloc
 import pytest
 
 import lockstep
+from conftest import Boom
 
 RUNS = 10_000
-
-
-class Boom(Exception):
-    pass
 
 
 ITEM = object()

@@ -9,10 +9,7 @@ import warnings
 import pytest
 
 import lockstep
-
-
-class Boom(Exception):
-    pass
+from conftest import Boom, fail_at
 
 
 def summing_logged(log):
@@ -25,17 +22,9 @@ def summing_logged(log):
     return careful
 
 
-def fail_at(p):
-    def consumer(it):
-        for i, _ in enumerate(it, 1):
-            if i == p:
-                raise Boom("consumer", p)
-    return consumer
-
-
 def test_consumer_failure_raised_at_exit(engine, window):
     with pytest.raises(Boom, match="consumer"):
-        with lockstep.Stream(sum, fail_at(5), window=window, engine=engine) as st:
+        with lockstep.Stream(sum, fail_at(5, "consumer"), window=window, engine=engine) as st:
             st.extend(range(100))
     assert st.closed
     with pytest.raises(RuntimeError):
@@ -54,7 +43,7 @@ def test_body_exception_propagates_and_cancels(engine, window):
 
 def test_earlier_consumer_failure_beats_body_exception(engine):
     with pytest.raises(Boom) as info:
-        with lockstep.Stream(fail_at(3), window=1, engine=engine) as st:
+        with lockstep.Stream(fail_at(3, "consumer"), window=1, engine=engine) as st:
             st.extend(range(10))
             raise KeyError("body")
     assert isinstance(info.value.__context__, KeyError) or info.value.__context__ is None
