@@ -10,7 +10,6 @@ import itertools
 import pytest
 
 import lockstep
-from conftest import BOUNDED
 
 
 class Counting:

@@ -6,7 +6,6 @@ may itself call lockstep.run.  An iterator works only inside its own
 consumer: after the run, from another thread, or from another consumer it
 raises RuntimeError.  Stream refuses re-entrant and foreign-thread use.
 """
-import os
 import subprocess
 import sys
 import threading

@@ -13,7 +13,6 @@ import statistics
 import pytest
 
 import lockstep
-from conftest import ENGINES
 
 
 def first_three(it):
