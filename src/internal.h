@@ -384,15 +384,11 @@ static inline int lockstep__iter_is_current(lockstep_iter *it)
     return 0;
 }
 
-/* One step of the generic slow path is lockstep__next_step above: it
- * returns the next item, or NULL with *must_wait set when the consumer must
- * wait for the window to advance, or NULL (end or cancel) with *must_wait
- * clear. */
-
-/* A cooperative engine's next_slow: returns the next item, or NULL at the
- * end, on cancellation or misuse.  While it must wait, pass_on(it) hands
- * control on in the engine's way and returns 0 once it runs again, or
- * nonzero to give up (NULL).  Inlined, so that pass_on is a direct call. */
+/* A cooperative engine's next_slow, built on lockstep__next_step: returns
+ * the next item, or NULL at the end, on cancellation or misuse.  While the
+ * consumer must wait for the window to advance, pass_on(it) hands control
+ * on in the engine's way and returns 0 once it runs again, or nonzero to
+ * give up (NULL).  Inlined, so that pass_on is a direct call. */
 LOCKSTEP__HOT const void *lockstep__next_slow_with(lockstep_iter *it,
                                                    int (*pass_on)(lockstep_iter *))
 {
