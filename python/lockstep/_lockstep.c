@@ -900,6 +900,20 @@ static inline int rs_tick(runstate *rs)
     return 0;
 }
 
+/* After a source's tp_iternext (or rs_tick) gave no item: returns 1 when
+ * the source just ended (clearing a StopIteration it raised), 0 when it
+ * failed (exception set). */
+static inline int rs_ended(void)
+{
+    if (!PyErr_Occurred())
+        return 1;
+    if (PyErr_ExceptionMatches(PyExc_StopIteration)) {
+        PyErr_Clear();
+        return 1;
+    }
+    return 0;
+}
+
 /* Puts item (a new reference, stolen) at the end of the window and
  * dispatches when the window is full: lockstep_run's loop body.  Returns 1
  * when it dispatched (consumers ran; the live count may have changed). */
@@ -928,12 +942,8 @@ static int rs_pull(runstate *rs, PyObject *src, int source_failure)
         if (rs_tick(rs) == 0)
             item = next(src);
         if (item == NULL) {
-            if (!PyErr_Occurred())
+            if (rs_ended())
                 return 0;
-            if (PyErr_ExceptionMatches(PyExc_StopIteration)) {
-                PyErr_Clear();
-                return 0;
-            }
             if (!source_failure)
                 return -1;
             rs_source_failed(rs);
@@ -962,12 +972,8 @@ static inline int rs_source(void *arg, void *slot)
         *(PyObject **)slot = item;
         return 1;
     }
-    if (!PyErr_Occurred())
+    if (rs_ended())
         return 0;
-    if (PyErr_ExceptionMatches(PyExc_StopIteration)) {
-        PyErr_Clear();
-        return 0;
-    }
     Py_XSETREF(rs->src_exc, fetch_exception());
     return PYLOCKSTEP_EPYTHON;
 }
