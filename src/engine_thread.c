@@ -298,6 +298,20 @@ static void wake_all(thread_engine *e)
         word_notify(&e->cons[i].word);
 }
 
+/* One round of a waiter's spin, producer's or consumer's: a pause, or a
+ * yield every e->yield_every rounds.  Returns 0, without spinning, once the
+ * waiter has spun e->spin_rounds rounds: then it should sleep. */
+static inline int spin_round(const thread_engine *e, int *spins)
+{
+    if (*spins >= e->spin_rounds)
+        return 0;
+    if (++*spins % e->yield_every == 0)
+        sched_yield();
+    else
+        cpu_relax();
+    return 1;
+}
+
 /* ------------------------------------------------------------------------
  * Producer side.
  * ------------------------------------------------------------------------ */
@@ -311,13 +325,8 @@ static void producer_wait(thread_engine *e, int (*cond)(thread_engine *, size_t)
         uint32_t seen = atomic_load_explicit(&e->prod.seq, memory_order_acquire);
         if (cond(e, arg))
             return;
-        if (e->spin && spins < e->spin_rounds) {
-            if (++spins % e->yield_every == 0)
-                sched_yield();
-            else
-                cpu_relax();
+        if (e->spin && spin_round(e, &spins))
             continue;
-        }
         void *token = NULL;
         if (hook != NULL && hook->before_wait != NULL)
             token = hook->before_wait(hook->arg);
@@ -660,13 +669,8 @@ static const void *thread_next_slow(lockstep_iter *it)
         }
         park(it, pos);
         mark_primed(tc);
-        if (spins < e->spin_rounds) {
-            if (++spins % e->yield_every == 0)
-                sched_yield();
-            else
-                cpu_relax();
+        if (spin_round(e, &spins))
             continue;
-        }
         pay_debt(tc);
         word_sleep(&tc->word, seen);
     }
@@ -719,7 +723,9 @@ static void abort_start(thread_engine *e)
     join_all(e);
 }
 
-/* CPUs this process may run on, counted once; 1 if unknown. */
+/* CPUs online (sysconf), counted once; 1 if unknown.  Not this process's
+ * affinity mask, so under taskset or a cpuset the spin settings below may
+ * be chosen for more CPUs than the threads really have. */
 static size_t online_cpus(void)
 {
     static _Atomic long cached;
