@@ -51,8 +51,10 @@ ext = Extension(
     define_macros=[("_GNU_SOURCE", None), ("LOCKSTEP_FORCE_UCONTEXT", None),
                    ("LOCKSTEP_NO_GUARD_HANDLER", None),
                    ("LOCKSTEP_HAVE_GREENLET", "1" if GREENLET_INC else "0")],
-    depends=["include/lockstep.h", "src/internal.h", "src/fiber.h"],
-    extra_compile_args=["-std=gnu11", "-fvisibility=hidden", "-Wall", "-Wextra",
+    depends=["include/lockstep.h", "src/internal.h", "src/fiber.h", "python/lockstep/pycompat.h"],
+    # pycompat.h: the 3.10 C-API names the binding uses, for CPython 3.9
+    # and PyPy's cpyext (a no-op from 3.10 on).
+    extra_compile_args=["-include", "python/lockstep/pycompat.h", "-std=gnu11", "-fvisibility=hidden", "-Wall", "-Wextra",
                         "-Wno-unused-parameter", "-Wno-missing-field-initializers",
                         "-Wno-cast-function-type"],
     extra_link_args=["-pthread"],

@@ -23,6 +23,10 @@ Run with Debian's interpreter, which has greenlet and uvloop:
     /usr/bin/python3 bench/py_bench.py --json bench/py_results.json
     /usr/bin/python3 bench/py_bench.py --quick
     /usr/bin/python3 bench/py_bench.py --pythonpath build/python --window-sweep
+
+Under PyPy (no tracemalloc there, so no memory column):
+
+    pypy3 bench/py_bench.py --pythonpath build-py/pypy3/lib
 """
 
 import argparse
@@ -34,7 +38,12 @@ import platform
 import statistics
 import sys
 import time
-import tracemalloc
+
+try:
+    import tracemalloc
+    tracemalloc.get_traced_memory  # PyPy has the module, not its C half
+except (ImportError, AttributeError):  # PyPy: the memory column is left empty
+    tracemalloc = None
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import py_approaches as A  # noqa: E402  (needs the path line above)
@@ -376,6 +385,8 @@ def parse_args(argv):
         args.repeats = 5 if args.quick else 7
     if args.budget_s is None:
         args.budget_s = 1.0 if args.quick else 8.0
+    if tracemalloc is None:
+        args.no_memory = True
     args.slow_s = 1.0       # rows estimated slower than this skip the warm-up
     args.sweep_repeats = 3
     return args

@@ -1,0 +1,52 @@
+/*
+ * pycompat.h: the few CPython 3.10 C-API names the binding uses, defined for
+ * the older C APIs lockstep also builds against: CPython 3.9 and PyPy's
+ * cpyext (PyPy 7.3, Python 3.9 level).  Each definition behaves exactly as
+ * the 3.10 one does; on 3.10 and later this header defines nothing.
+ */
+#ifndef LOCKSTEP_PYCOMPAT_H
+#define LOCKSTEP_PYCOMPAT_H
+
+#include <Python.h>
+
+/* Py_NewRef (3.10): a new reference to o, which is returned. */
+#if PY_VERSION_HEX < 0x030A0000 && !defined(Py_NewRef)
+static inline PyObject *lockstep__py_newref(PyObject *o)
+{
+    Py_INCREF(o);
+    return o;
+}
+#  define Py_NewRef(o) lockstep__py_newref((PyObject *)(o))
+#endif
+
+/* Type flags new in 3.10.  Before 3.10 a heap type made from a spec is
+ * mutable and inherits object's tp_new whatever the flags say; 0 keeps the
+ * specs valid there.  PYLOCKSTEP_DISALLOW_NEW(type) then does by hand what
+ * Py_TPFLAGS_DISALLOW_INSTANTIATION does: lockstep.Iterator() raises
+ * TypeError on every version.  Nothing in lockstep mutates its types. */
+#ifndef Py_TPFLAGS_IMMUTABLETYPE
+#  define Py_TPFLAGS_IMMUTABLETYPE 0
+#endif
+#ifndef Py_TPFLAGS_DISALLOW_INSTANTIATION
+#  define Py_TPFLAGS_DISALLOW_INSTANTIATION 0
+#  define PYLOCKSTEP_DISALLOW_NEW(type) ((type)->tp_new = NULL)
+#else
+#  define PYLOCKSTEP_DISALLOW_NEW(type) ((void)(type))
+#endif
+
+/* PyModule_AddObjectRef (3.10): adds value to m as name without stealing
+ * the reference; returns 0 or -1 with an exception set. */
+#if PY_VERSION_HEX < 0x030A0000
+static inline int lockstep__py_add_object_ref(PyObject *m, const char *name, PyObject *value)
+{
+    Py_INCREF(value);
+    if (PyModule_AddObject(m, name, value) < 0) {
+        Py_DECREF(value);
+        return -1;
+    }
+    return 0;
+}
+#  define PyModule_AddObjectRef lockstep__py_add_object_ref
+#endif
+
+#endif /* LOCKSTEP_PYCOMPAT_H */
