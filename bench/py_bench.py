@@ -99,8 +99,9 @@ def lockstep_rows(lockstep):
     for engine in ("greenlet", "thread"):
         for window in (1, None):
             label = "default" if window is None else str(window)
+            missing = None if engine in lockstep.engines() else "engine not in this build (PyPy)"
             rows.append(Row(f"lockstep {engine}, window={label}",
-                            lockstep_call(lockstep, engine, window)))
+                            lockstep_call(lockstep, engine, window), unavailable=missing))
     rows.append(Row("lockstep buffer, window=default", lockstep_call(lockstep, "buffer", None)))
     return rows
 
