@@ -38,7 +38,7 @@
  *
  * Names shared between the files start with pyls_; they are hidden (the
  * extension is built with -fvisibility=hidden, and this header says so
- * too), so only PyInit__lockstep is exported.  Whatever runs once per item
+ * too), so none is exported: PyInit__lockstep is.  Whatever runs once per item
  * is static inline here or lives in the file of its caller, so that the
  * split costs no call on the hot paths.
  */
@@ -52,8 +52,8 @@
 
 /* greenlet.h is included by greenlet_engine.c alone: it gives every file
  * that includes it a private copy of greenlet's C API pointer, which only
- * that file's pyls_greenlet_load fills in.  The other files ask it through
- * pyls_greenlet_is_current. */
+ * that file's pyls_greenlet_load fills in.  The other files ask through
+ * pyls_greenlet_current. */
 #ifndef LOCKSTEP_HAVE_GREENLET
 #  define LOCKSTEP_HAVE_GREENLET 0
 #endif
@@ -150,8 +150,12 @@ int pyls_greenlet_load(void);
 #if LOCKSTEP_HAVE_GREENLET
 extern const lockstep__engine_ops pyls_greenlet_ops;
 
-/* Returns whether g is the greenlet running now (greenlet loaded). */
-int pyls_greenlet_is_current(PyObject *g);
+/* greenlet.getcurrent() from greenlet's C API (a new reference), copied
+ * by pyls_greenlet_load so that every file calls it as cheaply as
+ * greenlet.h's own macro would; NULL until then.  struct _greenlet is
+ * greenlet.h's PyGreenlet. */
+struct _greenlet;
+extern struct _greenlet *(*pyls_greenlet_getcurrent)(void);
 
 /* run()'s loop on the greenlet engine: pulls src into rs's open stream. */
 void pyls_greenlet_pull(runstate *rs, PyObject *src);
@@ -221,6 +225,19 @@ static inline int pyls_thread_available(void)
 {
     return lockstep_engine_available(LOCKSTEP_ENGINE_THREAD);
 }
+
+#if LOCKSTEP_HAVE_GREENLET
+/* Returns the greenlet running now, for comparing identities only (no
+ * reference is kept).  greenlet must be loaded (pyls_greenlet_load), as it
+ * is once a stream uses the greenlet engine.  It runs once per window on
+ * the greenlet engine's slow path, hence inline. */
+static inline PyObject *pyls_greenlet_current(void)
+{
+    PyObject *cur = (PyObject *)pyls_greenlet_getcurrent();
+    Py_XDECREF(cur);
+    return cur;
+}
+#endif
 
 /* Counts one item; every PYLOCKSTEP_SIGNAL_EVERY items runs Python's signal
  * handlers.  Returns -1 when one raised (KeyboardInterrupt), else 0. */

@@ -22,14 +22,19 @@
 #if LOCKSTEP_HAVE_GREENLET
 #  include "greenlet.h"
 
+/* greenlet.getcurrent(), for the other files: set by pyls_greenlet_load. */
+struct _greenlet *(*pyls_greenlet_getcurrent)(void);
+
 /* Loads greenlet's C API once; returns 0, or -1 with ImportError set. */
 int pyls_greenlet_load(void)
 {
     if (_PyGreenlet_API != NULL)
         return 0;
     PyGreenlet_Import();
-    if (_PyGreenlet_API != NULL)
+    if (_PyGreenlet_API != NULL) {
+        pyls_greenlet_getcurrent = PyGreenlet_GetCurrent;
         return 0;
+    }
     PyObject *cause = pyls_fetch_exception();
     PyErr_Format(PyExc_ImportError,
                  "lockstep engine 'greenlet' needs the greenlet package, which could not be "
@@ -40,15 +45,6 @@ int pyls_greenlet_load(void)
     PyException_SetCause(exc, cause); /* steals cause */
     pyls_raise_exception(exc);
     return -1;
-}
-
-/* Returns whether g is the greenlet running now.  greenlet must be loaded
- * (pyls_greenlet_load), as it is once a stream uses the greenlet engine. */
-int pyls_greenlet_is_current(PyObject *g)
-{
-    PyGreenlet *cur = PyGreenlet_GetCurrent();
-    Py_XDECREF(cur);
-    return (PyObject *)cur == g;
 }
 
 /* The run function of a consumer's greenlet: self is its Iterator.  The

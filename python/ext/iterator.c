@@ -34,7 +34,7 @@ static __attribute__((noinline)) PyObject *iter_next_slow(IterObject *self, lock
     switch (self->engine) {
 #if LOCKSTEP_HAVE_GREENLET
     case ENG_GREENLET:
-        if (!pyls_greenlet_is_current(self->greenlet))
+        if (pyls_greenlet_current() != self->greenlet)
             return iter_misuse(self);
         p = lockstep_next(it); /* may switch to another consumer's or the producer's greenlet */
         break;

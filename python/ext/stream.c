@@ -46,7 +46,7 @@ static int stream_check(StreamObject *self)
     }
 #if LOCKSTEP_HAVE_GREENLET
     if (rs->engine == ENG_GREENLET) {
-        if (!pyls_greenlet_is_current(rs->scheduler)) {
+        if (pyls_greenlet_current() != rs->scheduler) {
             PyErr_SetString(PyExc_RuntimeError,
                             "lockstep.Stream used from a greenlet other than the one that "
                             "created it (for example from one of its consumers)");
