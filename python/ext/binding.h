@@ -48,6 +48,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include "pycompat.h"
+
 #include "internal.h"
 
 /* greenlet.h is included by greenlet_engine.c alone: it gives every file
@@ -83,6 +85,9 @@ typedef struct {
     PyTypeObject *stream_type;
     PyObject *marker;      /* what a consumer greenlet passes when it suspends */
     PyObject *marker_args; /* (marker,) */
+#ifdef PYPY_VERSION
+    PyObject *pypy_tick;   /* a Python-level no-op: calling it runs PyPy's signal handlers */
+#endif
 } modstate;
 
 typedef struct runstate runstate;
@@ -245,6 +250,14 @@ static inline int pyls_rs_tick(runstate *rs)
 {
     if (NEVER(++rs->tick >= PYLOCKSTEP_SIGNAL_EVERY)) {
         rs->tick = 0;
+#ifdef PYPY_VERSION
+        /* PyPy's cpyext leaves PyErr_CheckSignals a no-op; its signal
+         * handlers run when Python code does, so run a little. */
+        PyObject *r = PyObject_CallNoArgs(rs->st->pypy_tick);
+        if (r == NULL)
+            return -1;
+        Py_DECREF(r);
+#endif
         return PyErr_CheckSignals();
     }
     return 0;

@@ -46,9 +46,30 @@ static PyMethodDef module_methods[] = {
     {NULL},
 };
 
+#ifdef PYPY_VERSION
+/* What PyPy's C-API layer needs before a run: its GIL made, which CPython
+ * does at startup and PyPy only when a thread is first started (the thread
+ * engine's consumer threads take it with PyGILState_Ensure), and the no-op
+ * pyls_rs_tick calls to let PyPy run signal handlers.  Returns 0 or -1. */
+static int pypy_prepare(modstate *st)
+{
+    PyEval_InitThreads();
+    PyObject *globals = Py_BuildValue("{sO}", "__builtins__", PyEval_GetBuiltins());
+    if (globals == NULL)
+        return -1;
+    st->pypy_tick = PyRun_String("lambda: None", Py_eval_input, globals, globals);
+    Py_DECREF(globals);
+    return st->pypy_tick != NULL ? 0 : -1;
+}
+#endif
+
 static int module_exec(PyObject *m)
 {
     modstate *st = PyModule_GetState(m);
+#ifdef PYPY_VERSION
+    if (pypy_prepare(st) < 0)
+        return -1;
+#endif
     st->iter_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &pyls_iter_spec, NULL);
     if (st->iter_type == NULL || PyModule_AddType(m, st->iter_type) < 0)
         return -1;
@@ -85,6 +106,9 @@ static int module_traverse(PyObject *m, visitproc visit, void *arg)
     Py_VISIT(st->stream_type);
     Py_VISIT(st->marker);
     Py_VISIT(st->marker_args);
+#ifdef PYPY_VERSION
+    Py_VISIT(st->pypy_tick);
+#endif
     return 0;
 }
 
@@ -95,6 +119,9 @@ static int module_clear(PyObject *m)
     Py_CLEAR(st->stream_type);
     Py_CLEAR(st->marker);
     Py_CLEAR(st->marker_args);
+#ifdef PYPY_VERSION
+    Py_CLEAR(st->pypy_tick);
+#endif
     return 0;
 }
 

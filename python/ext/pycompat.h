@@ -3,6 +3,7 @@
  * the older C APIs lockstep also builds against: CPython 3.9 and PyPy's
  * cpyext (PyPy 7.3, Python 3.9 level).  Each definition behaves exactly as
  * the 3.10 one does; on 3.10 and later this header defines nothing.
+ * binding.h includes it.
  */
 #ifndef LOCKSTEP_PYCOMPAT_H
 #define LOCKSTEP_PYCOMPAT_H
@@ -21,17 +22,14 @@ static inline PyObject *lockstep__py_newref(PyObject *o)
 
 /* Type flags new in 3.10.  Before 3.10 a heap type made from a spec is
  * mutable and inherits object's tp_new whatever the flags say; 0 keeps the
- * specs valid there.  PYLOCKSTEP_DISALLOW_NEW(type) then does by hand what
- * Py_TPFLAGS_DISALLOW_INSTANTIATION does: lockstep.Iterator() raises
- * TypeError on every version.  Nothing in lockstep mutates its types. */
+ * specs valid there.  iterator.c then gives lockstep.Iterator a tp_new that
+ * raises TypeError, as the flag does.  Nothing in lockstep mutates its
+ * types. */
 #ifndef Py_TPFLAGS_IMMUTABLETYPE
 #  define Py_TPFLAGS_IMMUTABLETYPE 0
 #endif
 #ifndef Py_TPFLAGS_DISALLOW_INSTANTIATION
 #  define Py_TPFLAGS_DISALLOW_INSTANTIATION 0
-#  define PYLOCKSTEP_DISALLOW_NEW(type) ((type)->tp_new = NULL)
-#else
-#  define PYLOCKSTEP_DISALLOW_NEW(type) ((void)(type))
 #endif
 
 /* PyModule_AddObjectRef (3.10): adds value to m as name without stealing

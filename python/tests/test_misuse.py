@@ -235,3 +235,10 @@ def test_stream_closed_raises(engine):
         st.push(1)
     with pytest.raises(RuntimeError):
         st.extend([1])
+
+
+def test_iterator_cannot_be_made_by_hand():
+    # Py_TPFLAGS_DISALLOW_INSTANTIATION from 3.10; a refusing tp_new before
+    # (CPython 3.9, PyPy 3.9): the same TypeError everywhere
+    with pytest.raises(TypeError, match="cannot create"):
+        lockstep.Iterator()
