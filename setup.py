@@ -25,6 +25,8 @@ def greenlet_include():
     """The directory holding greenlet.h, or None."""
     if os.environ.get("LOCKSTEP_NO_GREENLET_BUILD"):
         return None
+    if sys.implementation.name == "pypy":  # PyPy's greenlet module has no C API
+        return None
     candidates = [os.path.join(sysconfig.get_paths()["include"], "greenlet"),
                   os.path.join(sys.prefix, "include", "site",
                                f"python{sys.version_info[0]}.{sys.version_info[1]}", "greenlet")]

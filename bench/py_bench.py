@@ -24,9 +24,10 @@ Run with Debian's interpreter, which has greenlet and uvloop:
     /usr/bin/python3 bench/py_bench.py --quick
     /usr/bin/python3 bench/py_bench.py --pythonpath build/python --window-sweep
 
-Under PyPy (no tracemalloc there, so no memory column):
+Under PyPy (no tracemalloc there, so no memory column), with the copy of
+lockstep that make test-pyversions installs into its PyPy virtualenv:
 
-    pypy3 bench/py_bench.py --pythonpath build-py/pypy3/lib
+    build-py/pypy3/venv/bin/python bench/py_bench.py
 """
 
 import argparse

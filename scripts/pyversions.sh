@@ -20,7 +20,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-VERSIONS=(3.9 3.10 3.11 3.12 3.13)
+VERSIONS=(3.9 3.10 3.11 3.12 3.13 pypy3)
 PYENV_VERSIONS=${PYENV_VERSIONS:-/root/.pyenv/versions}
 REQS=$ROOT/python/requirements-test.txt
 OUT=$ROOT/build-py
