@@ -15,7 +15,7 @@ import traceback
 import pytest
 
 import lockstep
-from conftest import ENGINES, WINDOWS, Boom, fail_at
+from conftest import ENGINES, PYPY, WINDOWS, Boom, fail_at
 
 
 def fail_before(p, tag="c"):
@@ -139,7 +139,14 @@ def test_failed_result_is_not_a_tuple_leak(engine):
         lockstep.run(iter(range(100)), fail_at(5), raise_after_end, window=1, engine=engine)
 
 
-@pytest.mark.parametrize("where", ["c_loop", "python_consumer"])
+# PyPy 7.3 sometimes never turns SIGINT into KeyboardInterrupt while a
+# consumer thread runs Python code (2 runs in 6 here): PyPy handles signals
+# in the main thread only, and the one a consumer thread noticed is not
+# raised when the producer takes the GIL back through the C API.
+LOSES_SIGINT = pytest.mark.skipif(PYPY, reason="PyPy may lose SIGINT noticed by a consumer thread")
+
+
+@pytest.mark.parametrize("where", ["c_loop", pytest.param("python_consumer", marks=LOSES_SIGINT)])
 def test_keyboard_interrupt_stops_cleanly(bounded_engine, where):
     cleaned = []
 
