@@ -22,17 +22,21 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def greenlet_include():
-    """The directory holding greenlet.h, or None."""
+    """The directory holding greenlet.h, or None.  The importable greenlet's
+    own package directory comes first: in an isolated build that is the
+    greenlet of pyproject.toml's build requirements, whose wheel ships the
+    header there; then the interpreter's include directories."""
     if os.environ.get("LOCKSTEP_NO_GREENLET_BUILD"):
         return None
-    candidates = [os.path.join(sysconfig.get_paths()["include"], "greenlet"),
-                  os.path.join(sys.prefix, "include", "site",
-                               f"python{sys.version_info[0]}.{sys.version_info[1]}", "greenlet")]
+    candidates = []
     try:
         import greenlet
         candidates.append(os.path.dirname(greenlet.__file__))
     except ImportError:
         pass
+    candidates += [os.path.join(sysconfig.get_paths()["include"], "greenlet"),
+                   os.path.join(sys.prefix, "include", "site",
+                                f"python{sys.version_info[0]}.{sys.version_info[1]}", "greenlet")]
     for d in candidates:
         if os.path.isfile(os.path.join(d, "greenlet.h")):
             return d
@@ -42,6 +46,8 @@ def greenlet_include():
 GREENLET_INC = greenlet_include()
 if GREENLET_INC is None:
     print("lockstep: greenlet.h not found; building without the greenlet engine", file=sys.stderr)
+else:  # tests/python_install.sh checks where an isolated build found it
+    print(f"lockstep: greenlet engine built with {GREENLET_INC}/greenlet.h", file=sys.stderr)
 
 ext = Extension(
     "lockstep._lockstep",
