@@ -72,8 +72,9 @@ echo "== legs: result and time of each =="
 for i in "${!names[@]}"; do
   t=${times[$i]}
   [[ -n $t ]] && total=$((total + t))
-  printf '  %-18s %-12s %-24s %s\n' "${names[$i]}" "${results[$i]}" \
-    "$([[ -n $t ]] && fmt_ms "$t")" "${notes[$i]}"
+  row=$(printf '  %-18s %-12s %-24s %s' "${names[$i]}" "${results[$i]}" \
+    "$([[ -n $t ]] && fmt_ms "$t")" "${notes[$i]}")
+  echo "${row%"${row##*[! ]}"}"   # without trailing blanks
 done
 printf '  %-18s %-12s %s\n' "total" "" "$(fmt_ms "$total")"
 not_run=$(($# - passed - failed - skipped))
