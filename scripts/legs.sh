@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # scripts/legs.sh: runs test legs (make targets) one after another, times
-# each, and ends with a table of every leg's result and time, then one plain
-# line "N passed, N failed" counting legs, which is the last line printed.
+# each, and ends with a table of every leg's result, wall time and CPU time,
+# then one plain line "N passed, N failed" counting legs, which is the last
+# line printed.
 # The exit status is 0 only when every leg passed.
 #
 #   scripts/legs.sh LEG...      e.g. scripts/legs.sh test-release test-python
@@ -23,26 +24,46 @@ set -uo pipefail
 make=${MAKE:-make}
 ((${#} > 0)) || { echo "usage: $0 LEG..." >&2; exit 2; }
 
-names=() results=() times=() notes=()
+names=() results=() times=() cpus=() notes=()
 passed=0 failed=0 skipped=0 interrupted=0
-note_file=$(mktemp)
-trap 'rm -f "$note_file"' EXIT
+note_file=$(mktemp) times_file=$(mktemp)
+trap 'rm -f "$note_file" "$times_file"' EXIT
 trap 'interrupted=1' INT
 
-# now: monotonic-enough wall time in nanoseconds.
+# now: wall time in nanoseconds.
 now() { date +%s%N; }
+
+# cpu_ms: sets $cpu to the user + system CPU time, in ms, of every finished
+# child so far (`times` must run in this shell, not in a subshell).  On a
+# shared machine a leg's wall time depends on the load; its CPU time hardly
+# does.
+cpu_ms() {
+  local user sys
+  times >"$times_file"
+  read -r user sys < <(tail -n 1 "$times_file")
+  cpu=$(( $(to_ms "$user") + $(to_ms "$sys") ))
+}
+
+# to_ms 1m2.345s: 62345.
+to_ms() {
+  local m=${1%%m*} s=${1#*m}
+  s=${s%s}
+  echo $(( 10#$m * 60000 + 10#${s%.*} * 1000 + 10#${s#*.} ))
+}
 
 for leg in "$@"; do
   if ((interrupted)) || { [[ ${FAIL_FAST:-0} == 1 ]] && ((failed > 0)); }; then
-    names+=("$leg") results+=("not run") times+=("") notes+=("")
+    names+=("$leg") results+=("not run") times+=("") cpus+=("") notes+=("")
     continue
   fi
   echo "== leg $leg ($((${#names[@]} + 1))/$#) =="
   : >"$note_file"
   start=$(now)
+  cpu_ms; cpu_start=$cpu
   LEG_NOTE=$note_file $make --no-print-directory "$leg"
   rc=$?
   elapsed=$(( ($(now) - start) / 1000000 ))   # ms
+  cpu_ms; cpu=$((cpu - cpu_start))
   note=$(head -n 1 "$note_file")
   if ((interrupted)); then
     result="interrupted"; failed=$((failed + 1))
@@ -53,7 +74,7 @@ for leg in "$@"; do
   else
     result="passed"; passed=$((passed + 1))
   fi
-  names+=("$leg") results+=("$result") times+=("$elapsed") notes+=("$note")
+  names+=("$leg") results+=("$result") times+=("$elapsed") cpus+=("$cpu") notes+=("$note")
 done
 
 # fmt_ms MS: "12.3 s", or "4m 05.6s (245.6 s)" from a minute on.
@@ -66,17 +87,18 @@ fmt_ms() {
   fi
 }
 
-total=0
+total=0 total_cpu=0
 echo
-echo "== legs: result and time of each =="
+echo "== legs: result, wall time and CPU time (user + system) of each =="
+printf '  %-18s %-12s %-24s %-12s %s\n' "leg" "result" "time" "cpu" "note"
 for i in "${!names[@]}"; do
-  t=${times[$i]}
-  [[ -n $t ]] && total=$((total + t))
-  row=$(printf '  %-18s %-12s %-24s %s' "${names[$i]}" "${results[$i]}" \
-    "$([[ -n $t ]] && fmt_ms "$t")" "${notes[$i]}")
+  t=${times[$i]} c=${cpus[$i]}
+  [[ -n $t ]] && total=$((total + t)) total_cpu=$((total_cpu + c))
+  row=$(printf '  %-18s %-12s %-24s %-12s %s' "${names[$i]}" "${results[$i]}" \
+    "$([[ -n $t ]] && fmt_ms "$t")" "$([[ -n $c ]] && fmt_ms "$c")" "${notes[$i]}")
   echo "${row%"${row##*[! ]}"}"   # without trailing blanks
 done
-printf '  %-18s %-12s %s\n' "total" "" "$(fmt_ms "$total")"
+printf '  %-18s %-12s %-24s %s\n' "total" "" "$(fmt_ms "$total")" "$(fmt_ms "$total_cpu")"
 not_run=$(($# - passed - failed - skipped))
 line="$passed passed, $failed failed"
 ((skipped > 0)) && line+=", $skipped skipped"
