@@ -59,9 +59,9 @@ demo:
 	@echo "== The same question in Python: time and peak memory =="
 	@PYTHONPATH=python $(PYTHON) examples/sum_max.py
 
-# make test: the legs a developer runs many times a day, about 4 minutes on
-# a fresh clone (docs/TESTING.md).  make test-all: every leg, for CI and
-# before a release.  Both run their legs through scripts/legs.sh, which
+# make test: the legs a developer runs many times a day, a few minutes on a
+# fresh clone (docs/TESTING.md has the figure).  make test-all: every leg,
+# for CI and before a release.  Both run their legs through scripts/legs.sh, which
 # times each, keeps going after a failure and ends with a table and the line
 # "N passed, N failed".  Each leg is also a target of its own.  To add a leg
 # to test-all, put one line beside its target:  TEST_ALL_LEGS += test-foo
