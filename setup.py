@@ -22,21 +22,20 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def greenlet_include():
-    """The directory holding greenlet.h, or None.  The importable greenlet's
-    own package directory comes first: in an isolated build that is the
-    greenlet of pyproject.toml's build requirements, whose wheel ships the
-    header there; then the interpreter's include directories."""
+    """The directory holding greenlet.h, or None."""
     if os.environ.get("LOCKSTEP_NO_GREENLET_BUILD"):
         return None
-    candidates = []
+    candidates = [os.path.join(sysconfig.get_paths()["include"], "greenlet"),
+                  os.path.join(sys.prefix, "include", "site",
+                               f"python{sys.version_info[0]}.{sys.version_info[1]}", "greenlet")]
+    # The importable greenlet's own directory comes first: in an isolated
+    # build that is pyproject.toml's build requirement, whose wheel ships
+    # greenlet.h there, and it matches the greenlet the module will run with.
     try:
         import greenlet
-        candidates.append(os.path.dirname(greenlet.__file__))
+        candidates.insert(0, os.path.dirname(greenlet.__file__))
     except ImportError:
         pass
-    candidates += [os.path.join(sysconfig.get_paths()["include"], "greenlet"),
-                   os.path.join(sys.prefix, "include", "site",
-                                f"python{sys.version_info[0]}.{sys.version_info[1]}", "greenlet")]
     for d in candidates:
         if os.path.isfile(os.path.join(d, "greenlet.h")):
             return d
