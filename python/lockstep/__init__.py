@@ -40,9 +40,6 @@ from ._lockstep import (
 
 __version__ = "0.1.0"
 
-__all__ = ["run", "Stream", "Iterator", "engines", "DEFAULT_WINDOW", "DEFAULT_WINDOWS", "MAX_WINDOW", "__version__"]
-
-
 # --------------------------------------------------------------------------
 # How this module was built.  The greenlet engine is compiled in only when
 # greenlet's C header was found at build time; a module built without it
@@ -108,4 +105,5 @@ if not HAVE_GREENLET_ENGINE:
         _warnings.warn(_message, RuntimeWarning, stacklevel=2)
     del _message
 
-__all__ += ["build_info"]
+__all__ = ["run", "Stream", "Iterator", "engines", "DEFAULT_WINDOW", "DEFAULT_WINDOWS", "MAX_WINDOW", "__version__"]
+__all__ += ["build_info"]  # lockstep.build_info(), above
