@@ -39,7 +39,6 @@ from ._lockstep import (
 )
 
 __version__ = "0.1.0"
-
 # --------------------------------------------------------------------------
 # How this module was built.  The greenlet engine is compiled in only when
 # greenlet's C header was found at build time; a module built without it
