@@ -18,7 +18,7 @@ JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?=
 DEPS = scripts/deps.sh
 
-.PHONY: all build python test-python demo test test-all test-install test-release test-asan test-asan-clang test-tsan \
+.PHONY: all build python test-python demo test test-release test-asan test-asan-clang test-tsan \
         test-valgrind test-ucontext test-aarch64 test-fuzz fuzz bench install clean
 
 all: build python
@@ -67,6 +67,7 @@ demo:
 # to test-all, put one line beside its target:  TEST_ALL_LEGS += test-foo
 TEST_LEGS = test-release test-python test-asan
 TEST_ALL_LEGS = $(TEST_LEGS) test-asan-clang test-tsan test-ucontext test-valgrind test-aarch64 test-fuzz
+.PHONY: test-all test-install
 
 test:
 	@MAKE="$(MAKE)" scripts/legs.sh $(TEST_LEGS)
