@@ -61,10 +61,11 @@ demo:
 
 # make test: the legs a developer runs many times a day, a few minutes on a
 # fresh clone (docs/TESTING.md has the figure).  make test-all: every leg,
-# for CI and before a release.  Both run their legs through scripts/legs.sh, which
-# times each, keeps going after a failure and ends with a table and the line
-# "N passed, N failed".  Each leg is also a target of its own.  To add a leg
-# to test-all, put one line beside its target:  TEST_ALL_LEGS += test-foo
+# for CI and before a release.  Both run their legs through scripts/legs.sh,
+# which times each, keeps going after a failure and ends with a table and
+# the line "N passed, N failed".  Each leg is also a target of its own.  To
+# add a leg to test-all, put one line beside its target:
+#   TEST_ALL_LEGS += test-foo
 TEST_LEGS = test-release test-python test-asan
 TEST_ALL_LEGS = $(TEST_LEGS) test-asan-clang test-tsan test-ucontext test-valgrind test-aarch64 test-fuzz
 .PHONY: test-all test-install
