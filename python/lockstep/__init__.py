@@ -47,6 +47,7 @@ __version__ = "0.1.0"
 # import, and build_info() tells the rest.
 # --------------------------------------------------------------------------
 
+import sys as _sys
 import warnings as _warnings
 
 
@@ -98,7 +99,9 @@ def build_info():
 
 # Only a module without the engine imports greenlet here; stacklevel=2 names
 # the importer's `import lockstep` line (the warnings module skips importlib).
-if not HAVE_GREENLET_ENGINE:
+# PyPy's own greenlet module has no C API, so no PyPy build has the engine
+# and no rebuild would give it: nothing to warn about there.
+if not HAVE_GREENLET_ENGINE and _sys.implementation.name != "pypy":
     _message = _greenlet_engine_warning(_greenlet_version())
     if _message is not None:
         _warnings.warn(_message, RuntimeWarning, stacklevel=2)
