@@ -73,5 +73,6 @@ ext = Extension(
 setup(
     ext_modules=[ext],
     # Keep setuptools' scratch files out of the way of CMake's build/.
-    options={"build": {"build_base": "python/build"}},
+    # LOCKSTEP_BUILD_BASE: scripts/pyversions.sh gives each interpreter its own.
+    options={"build": {"build_base": os.environ.get("LOCKSTEP_BUILD_BASE", "python/build")}},
 )

@@ -15,8 +15,9 @@
 # Interpreters: CPython 3.X is $PYENV_VERSIONS/3.X.*/bin/python (pyenv's
 # layout, default /root/.pyenv/versions), else python3.X on PATH; pypy3 is
 # Debian's /usr/bin/pypy3 (scripts/deps.sh pypy).  The in-place build for
-# Debian's python3 (python/lockstep/*.so) is left alone: each version's
-# tests import the copy installed in its own virtualenv.
+# Debian's python3 (python/lockstep/*.so, python/build/) is left alone: each
+# version builds in build-py/<name>/build and its tests import the copy
+# installed in its own virtualenv.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -47,7 +48,10 @@ one() {
   [[ -x $venv/bin/python ]] || "$py" -m venv "$venv"
   "$venv/bin/python" -m pip install -q -r "$REQS"
   # --no-build-isolation: build with the pinned setuptools above, offline.
-  (cd "$ROOT" && "$venv/bin/python" -m pip install -q --no-deps --no-build-isolation --force-reinstall .)
+  # Scratch files go to build-py/NAME/build: Debian's python3 and pyenv's
+  # 3.11 would otherwise share python/build/temp.*-cpython-311.
+  (cd "$ROOT" && LOCKSTEP_BUILD_BASE=$OUT/$name/build \
+     "$venv/bin/python" -m pip install -q --no-deps --no-build-isolation --force-reinstall .)
   site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["platlib"])')
   # CPython must have the greenlet engine: a build without it would only
   # skip the greenlet tests, and the matrix would prove less than it says.
