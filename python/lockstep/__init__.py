@@ -10,6 +10,9 @@ core (its scheduler, window and cancellation rules) into the module.
 
 run(iterable, *consumers, window=None, engine=None) -> tuple
     Each consumer is any callable taking one iterator.  See help(lockstep.run).
+await arun(source, *consumers, window=None, engine=None) -> tuple
+    The same for async code: async sources, async def consumers, under
+    asyncio, uvloop and trio.  See help(lockstep.arun).
 Stream(*consumers, window=None, engine=None)
     The push side, for callback-driven sources.  See help(lockstep.Stream).
 engines() -> tuple
@@ -32,6 +35,8 @@ from ._lockstep import (
     run,
 )
 
+from ._async import AsyncIterator, arun  # lockstep.arun: async sources and consumers
+
 __version__ = "0.1.0"
 
-__all__ = ["run", "Stream", "Iterator", "engines", "DEFAULT_WINDOW", "DEFAULT_WINDOWS", "MAX_WINDOW", "__version__"]
+__all__ = ["run", "arun", "Stream", "AsyncIterator", "Iterator", "engines", "DEFAULT_WINDOW", "DEFAULT_WINDOWS", "MAX_WINDOW", "__version__"]
