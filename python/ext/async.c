@@ -1418,6 +1418,11 @@ static PyObject *arun_close(ARunObject *self, PyObject *unused)
     }
     self->closing = 1;
     close_waiting(self);
+    /* The outcome goes nowhere: GeneratorExit beats it, and close() swallows that. */
+    if (self->cancel_exc == NULL) {
+        PyErr_SetNone(PyExc_GeneratorExit);
+        self->cancel_exc = fetch_exception();
+    }
     PyObject *out;
     PySendResult r = drive(self, NULL, NULL, &out);
     if (r == PYGEN_ERROR) {
