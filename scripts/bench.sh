@@ -33,5 +33,10 @@ echo "== Python (py_bench) =="
 $PY bench/py_bench.py --pythonpath python ${quick:+--quick} --window-sweep --json "$out/py.json" \
   | tee "$out/py.md"
 
+echo "== Python async (py_async_bench: lockstep.arun, asyncio, uvloop, trio, async tees) =="
+scripts/bench_async_deps.sh "$PY"
+$PY bench/py_async_bench.py --pythonpath python ${quick:+--quick} --json "$out/py_async.json" \
+  | tee "$out/py_async.md"
+
 $PY bench/py_chart.py --out "$out/chart.png" "$out/py.json" "$out/c.json" "$out/c_ucontext.json"
 echo "results in $out/ (c.json, c_ucontext.json, switch.json, py.json, *.md, chart.png)"
