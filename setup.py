@@ -45,7 +45,7 @@ if GREENLET_INC is None:
 
 # The binding's files (python/ext/binding.h says what each holds).
 BINDING = ["python/ext/module.c", "python/ext/iterator.c", "python/ext/greenlet_engine.c",
-           "python/ext/run.c", "python/ext/stream.c"]
+           "python/ext/run.c", "python/ext/stream.c", "python/ext/async.c"]
 
 ext = Extension(
     "lockstep._lockstep",
@@ -62,21 +62,8 @@ ext = Extension(
     extra_link_args=["-pthread"],
 )
 
-# lockstep.arun (python/ext/async.c), with its own copy of the core for now:
-# it moves into lockstep._lockstep once the binding is split into files.
-async_ext = Extension(
-    "lockstep._async",
-    sources=["python/ext/async.c", "src/core.c", "src/engine_fiber.c",
-             "src/engine_buffer.c", "src/engine_thread.c", "src/fiber.c"],
-    include_dirs=ext.include_dirs,
-    define_macros=ext.define_macros,
-    depends=ext.depends,
-    extra_compile_args=ext.extra_compile_args,
-    extra_link_args=ext.extra_link_args,
-)
-
 setup(
-    ext_modules=[ext, async_ext],
+    ext_modules=[ext],
     # Keep setuptools' scratch files out of the way of CMake's build/.
     options={"build": {"build_base": "python/build"}},
 )

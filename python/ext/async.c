@@ -1,6 +1,6 @@
 /*
- * async.c: lockstep.arun, the binding's driver for async code, compiled
- * with the C core into the extension lockstep._async.
+ * async.c: lockstep.arun, the binding's driver for async code, and
+ * lockstep.AsyncIterator, the iterator it hands each consumer.
  *
  * `await lockstep.arun(source, *consumers)` runs the consumers over one
  * pass of source, which may be an async iterable, under any event loop
@@ -32,14 +32,8 @@
  *
  * Public objects: arun(), AsyncIterator.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "binding.h"
 
-#include "internal.h"
-
-#ifndef LOCKSTEP_HAVE_GREENLET
-#  define LOCKSTEP_HAVE_GREENLET 0
-#endif
 #if LOCKSTEP_HAVE_GREENLET
 #  include "greenlet.h"
 #endif
@@ -65,25 +59,12 @@
  * a window fills (a buffered run has one round). */
 #define ARUN_CLOCK_EVERY 1024u
 
-/* The code a consumer or the source fails with when the failure is a
- * Python exception; the exception itself is kept here. */
-#define ARUN_EPYTHON (-1)
-
-/* Which consumer's code runs now, and how it reads: tls_async while the
- * driver resumes a consumer's coroutine (only `async for` may read then),
- * tls_sync while a synchronous consumer runs (only `for` may read). */
+/* The consumer whose coroutine the driver resumes right now, or NULL: only
+ * `async for` may read then.  A synchronous consumer runs with the
+ * binding's pyls_tls_current set instead, as lockstep.run's do, so that
+ * lockstep.run called inside it knows it runs inside a consumer. */
 static _Thread_local lockstep_iter *tls_async __attribute__((tls_model("initial-exec")));
-static _Thread_local lockstep_iter *tls_sync __attribute__((tls_model("initial-exec")));
-
-/* Interned method names, made once by the first module_exec. */
-static PyObject *str_throw, *str_close;
-
-typedef struct {
-    PyTypeObject *aiter_type;
-    PyTypeObject *arun_type;
-    PyObject *marker;      /* what a consumer yields when it took the window */
-    PyObject *marker_args; /* (marker,) */
-} modstate;
+#define tls_sync pyls_tls_current
 
 typedef struct ARunObject ARunObject;
 
@@ -146,31 +127,17 @@ struct ARunObject {
  * Small helpers.
  * ------------------------------------------------------------------------ */
 
-/* Takes the pending exception and returns it normalized, with its traceback
- * attached (a new reference; never NULL). */
-static PyObject *fetch_exception(void)
-{
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    if (type == NULL) {
-        type = Py_NewRef(PyExc_SystemError);
-        value = PyUnicode_FromString("lockstep: failed without an exception");
-    }
-    PyErr_NormalizeException(&type, &value, &tb);
-    if (tb != NULL && value != NULL)
-        PyException_SetTraceback(value, tb);
-    Py_XDECREF(type);
-    Py_XDECREF(tb);
-    if (value == NULL)
-        value = Py_NewRef(PyExc_MemoryError);
-    return value;
-}
+/* Interned method names, made by the first arun() (kept for good). */
+static PyObject *str_throw, *str_close;
 
-/* Raises exc (stolen) with its own traceback. */
-static void raise_exception(PyObject *exc)
+/* Makes str_throw and str_close.  Returns 0, or -1 with MemoryError. */
+static int async_names_init(void)
 {
-    PyObject *tb = PyException_GetTraceback(exc);
-    PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(exc)), exc, tb);
+    if (str_throw == NULL && (str_throw = PyUnicode_InternFromString("throw")) == NULL)
+        return -1;
+    if (str_close == NULL && (str_close = PyUnicode_InternFromString("close")) == NULL)
+        return -1;
+    return 0;
 }
 
 /* Monotonic time in nanoseconds. */
@@ -548,7 +515,7 @@ static PyType_Slot aiter_slots[] = {
     {0, NULL},
 };
 
-static PyType_Spec aiter_spec = {
+PyType_Spec pyls_aiter_spec = {
     .name = "lockstep.AsyncIterator",
     .basicsize = sizeof(AIterObject),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
@@ -687,11 +654,11 @@ static void consumer_done(ARunObject *self, lockstep_iter *it, PyObject *result)
     if (result != NULL) {
         Py_XSETREF(sl->result, result);
     } else {
-        PyObject *exc = fetch_exception();
+        PyObject *exc = pyls_fetch_exception();
         if (is_cancellation(exc))
             note_cancel(self, exc);
         Py_XSETREF(sl->exc, exc);
-        rc = ARUN_EPYTHON;
+        rc = PYLOCKSTEP_EPYTHON;
     }
     sl->iter->it = NULL;
     Py_CLEAR(sl->coro);
@@ -712,11 +679,11 @@ static PyObject *greenlet_body(PyObject *self, PyObject *unused)
     aslot *sl = it->consumer.arg;
     PyObject *r = PyObject_CallOneArg(sl->consumer, self);
     if (r == NULL)
-        sl->exc = fetch_exception();
+        sl->exc = pyls_fetch_exception();
     else if (is_awaitable(r)) {
         sl->coro = awaitable_iter(r);
         if (sl->coro == NULL)
-            sl->exc = fetch_exception();
+            sl->exc = pyls_fetch_exception();
         Py_DECREF(r);
     } else
         sl->result = r;
@@ -758,7 +725,7 @@ static int greenlet_step(ARunObject *self, lockstep_iter *it, aslot *sl)
         if (r != NULL)
             PyErr_SetString(PyExc_RuntimeError, "lockstep.arun: a consumer switched greenlets "
                                                 "outside lockstep's control");
-        PyObject *exc = fetch_exception();
+        PyObject *exc = pyls_fetch_exception();
         Py_XSETREF(self->lib_exc, exc);
         lockstep__record_failure(self->s, lockstep__iter_pos(it), LOCKSTEP__RANK_LIBRARY,
                                  LOCKSTEP_ESTATE);
@@ -782,7 +749,7 @@ static int greenlet_step(ARunObject *self, lockstep_iter *it, aslot *sl)
     } else {
         if (exc == NULL)
             exc = Py_NewRef(PyExc_SystemError);
-        raise_exception(exc);
+        pyls_raise_exception(exc);
         consumer_done(self, it, NULL);
     }
     return 0;
@@ -959,7 +926,7 @@ static int turn_step(ARunObject *self, PyObject *value, PyObject *exc, PyObject 
         if (res == PYGEN_RETURN) {
             Py_DECREF(r);
         } else {
-            PyObject *e = fetch_exception();
+            PyObject *e = pyls_fetch_exception();
             note_cancel(self, e);
             Py_DECREF(e);
         }
@@ -999,7 +966,7 @@ static int buffer_grow(ARunObject *self)
                     : NULL;
     if (win == NULL) {
         PyErr_NoMemory();
-        Py_XSETREF(self->lib_exc, fetch_exception());
+        Py_XSETREF(self->lib_exc, pyls_fetch_exception());
         lockstep__record_failure(s, s->read, LOCKSTEP__RANK_LIBRARY, LOCKSTEP_ENOMEM);
         return -1;
     }
@@ -1093,7 +1060,7 @@ static int fill_step(ARunObject *self, PyObject *value, PyObject *exc, PyObject 
             }
             if (NEVER(++self->ticks % ARUN_CLOCK_EVERY == 0)) {
                 if (PyErr_CheckSignals() < 0) {
-                    PyObject *e = fetch_exception();
+                    PyObject *e = pyls_fetch_exception();
                     note_cancel(self, e);
                     Py_DECREF(e);
                     continue;
@@ -1119,14 +1086,14 @@ static int fill_step(ARunObject *self, PyObject *value, PyObject *exc, PyObject 
             lockstep__source_stopped(s, 0);
             continue;
         }
-        PyObject *e = fetch_exception();
+        PyObject *e = pyls_fetch_exception();
         if (is_cancellation(e)) {
             note_cancel(self, e);
             Py_DECREF(e);
             s->source_done = 1;
         } else {
             Py_XSETREF(self->src_exc, e);
-            lockstep__source_stopped(s, ARUN_EPYTHON);
+            lockstep__source_stopped(s, PYLOCKSTEP_EPYTHON);
         }
     }
 }
@@ -1143,7 +1110,7 @@ static PySendResult finish(ARunObject *self, PyObject **out)
     if (self->cancel_exc != NULL) {
         PyObject *exc = self->cancel_exc;
         self->cancel_exc = NULL;
-        raise_exception(exc);
+        pyls_raise_exception(exc);
         return PYGEN_ERROR;
     }
     const lockstep_report *r = &self->report;
@@ -1160,7 +1127,7 @@ static PySendResult finish(ARunObject *self, PyObject **out)
                          r->code);
             return PYGEN_ERROR;
         }
-        raise_exception(exc);
+        pyls_raise_exception(exc);
         return PYGEN_ERROR;
     }
     PyObject *results = PyTuple_New((Py_ssize_t)self->n);
@@ -1346,7 +1313,7 @@ static PyObject *arun_throw(ARunObject *self, PyObject *const *args, Py_ssize_t 
     PyObject *exc;
     if (PyExceptionClass_Check(typ)) {
         PyErr_SetObject(typ, val == Py_None ? NULL : val);
-        exc = fetch_exception();
+        exc = pyls_fetch_exception();
     } else if (PyExceptionInstance_Check(typ)) {
         exc = Py_NewRef(typ);
     } else {
@@ -1421,7 +1388,7 @@ static PyObject *arun_close(ARunObject *self, PyObject *unused)
     /* The outcome goes nowhere: GeneratorExit beats it, and close() swallows that. */
     if (self->cancel_exc == NULL) {
         PyErr_SetNone(PyExc_GeneratorExit);
-        self->cancel_exc = fetch_exception();
+        self->cancel_exc = pyls_fetch_exception();
     }
     PyObject *out;
     PySendResult r = drive(self, NULL, NULL, &out);
@@ -1538,7 +1505,7 @@ static PyType_Slot arun_slots[] = {
     {0, NULL},
 };
 
-static PyType_Spec arun_spec = {
+PyType_Spec pyls_arun_spec = {
     .name = "lockstep.ARun",
     .basicsize = sizeof(ARunObject),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE |
@@ -1659,7 +1626,7 @@ static PyObject *source_iter(PyObject *source, int *src_async)
     return PyObject_GetIter(source);
 }
 
-PyDoc_STRVAR(arun_doc,
+const char pyls_arun_doc[] =
 "arun($module, source, /, *consumers, window=None, engine=None)\n"
 "--\n"
 "\n"
@@ -1711,12 +1678,14 @@ PyDoc_STRVAR(arun_doc,
 "Raises TypeError (a non-callable consumer, an async generator function as\n"
 "consumer, a source that is neither iterable nor async iterable) or\n"
 "ValueError (window < 1, an unknown engine or 'thread') at the call,\n"
-"before anything is read.");
+"before anything is read.";
 
-static PyObject *py_arun(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+PyObject *pyls_arun(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
                          PyObject *kwnames)
 {
     modstate *st = PyModule_GetState(module);
+    if (async_names_init() < 0)
+        return NULL;
     PyObject *window = NULL, *engine = NULL;
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
     for (Py_ssize_t k = 0; k < nkw; k++) {
@@ -1766,84 +1735,4 @@ static PyObject *py_arun(PyObject *module, PyObject *const *args, Py_ssize_t nar
 fail:
     Py_DECREF(self);
     return NULL;
-}
-
-/* ------------------------------------------------------------------------
- * Module.
- * ------------------------------------------------------------------------ */
-
-static PyMethodDef module_methods[] = {
-    {"arun", (PyCFunction)(void (*)(void))py_arun, METH_FASTCALL | METH_KEYWORDS, arun_doc},
-    {NULL},
-};
-
-static int module_exec(PyObject *m)
-{
-    modstate *st = PyModule_GetState(m);
-    if (str_throw == NULL && (str_throw = PyUnicode_InternFromString("throw")) == NULL)
-        return -1;
-    if (str_close == NULL && (str_close = PyUnicode_InternFromString("close")) == NULL)
-        return -1;
-    st->aiter_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &aiter_spec, NULL);
-    if (st->aiter_type == NULL || PyModule_AddType(m, st->aiter_type) < 0)
-        return -1;
-    st->arun_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &arun_spec, NULL);
-    if (st->arun_type == NULL || PyModule_AddType(m, st->arun_type) < 0)
-        return -1;
-    st->marker = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
-    if (st->marker == NULL)
-        return -1;
-    st->marker_args = PyTuple_Pack(1, st->marker);
-    if (st->marker_args == NULL)
-        return -1;
-    return PyModule_AddIntConstant(m, "DEFAULT_ASYNC_WINDOW", ARUN_DEFAULT_WINDOW);
-}
-
-static int module_traverse(PyObject *m, visitproc visit, void *arg)
-{
-    modstate *st = PyModule_GetState(m);
-    Py_VISIT(st->aiter_type);
-    Py_VISIT(st->arun_type);
-    Py_VISIT(st->marker);
-    Py_VISIT(st->marker_args);
-    return 0;
-}
-
-static int module_clear(PyObject *m)
-{
-    modstate *st = PyModule_GetState(m);
-    Py_CLEAR(st->aiter_type);
-    Py_CLEAR(st->arun_type);
-    Py_CLEAR(st->marker);
-    Py_CLEAR(st->marker_args);
-    return 0;
-}
-
-static void module_free(void *m)
-{
-    (void)module_clear(m);
-}
-
-static PyModuleDef_Slot module_slots[] = {
-    {Py_mod_exec, module_exec},
-    {0, NULL},
-};
-
-PyDoc_STRVAR(module_doc, "lockstep._async: lockstep.arun, the driver for async code.");
-
-static struct PyModuleDef async_module = {
-    PyModuleDef_HEAD_INIT,
-    .m_name = "lockstep._async",
-    .m_doc = module_doc,
-    .m_size = sizeof(modstate),
-    .m_methods = module_methods,
-    .m_slots = module_slots,
-    .m_traverse = module_traverse,
-    .m_clear = module_clear,
-    .m_free = module_free,
-};
-
-PyMODINIT_FUNC PyInit__async(void)
-{
-    return PyModuleDef_Init(&async_module);
 }

@@ -34,6 +34,7 @@
  *   run.c               the run state (consumers, engine and window
  *                       arguments, open/pull/close), exceptions, run()
  *   stream.c            lockstep.Stream, the push side
+ *   async.c             lockstep.arun, its driver, lockstep.AsyncIterator
  *   module.c            the module: types, engines(), constants
  *
  * Names shared between the files start with pyls_; they are hidden (the
@@ -83,6 +84,8 @@ typedef struct {
     PyTypeObject *stream_type;
     PyObject *marker;      /* what a consumer greenlet passes when it suspends */
     PyObject *marker_args; /* (marker,) */
+    PyTypeObject *aiter_type; /* lockstep.AsyncIterator (async.c) */
+    PyTypeObject *arun_type;  /* what arun() returns (async.c) */
 } modstate;
 
 typedef struct runstate runstate;
@@ -215,6 +218,18 @@ extern const char pyls_run_doc[];
 /* ---- stream.c ---- */
 
 extern PyType_Spec pyls_stream_spec;
+
+/* ---- async.c ---- */
+
+/* lockstep.AsyncIterator and the awaitable arun() returns. */
+extern PyType_Spec pyls_aiter_spec;
+extern PyType_Spec pyls_arun_spec;
+
+/* arun(source, /, *consumers, window=None, engine=None), METH_FASTCALL |
+ * METH_KEYWORDS, and its docstring. */
+PyObject *pyls_arun(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+                    PyObject *kwnames);
+extern const char pyls_arun_doc[];
 
 #pragma GCC visibility pop
 

@@ -35,7 +35,7 @@ from ._lockstep import (
     run,
 )
 
-from ._async import AsyncIterator, arun  # lockstep.arun: async sources and consumers
+from ._lockstep import AsyncIterator, arun  # lockstep.arun: async sources and consumers
 
 __version__ = "0.1.0"
 

@@ -1,6 +1,6 @@
 # __init__.pyi: type stubs for the lockstep package (run, Stream, Iterator,
-# engines and the constants, which the C extension lockstep._lockstep
-# implements; arun and AsyncIterator, which lockstep._async implements).
+# engines, the constants, and arun with its AsyncIterator), which the C
+# extension lockstep._lockstep implements.
 from types import TracebackType
 from typing import Any, Callable, Iterable, Iterator as _Iterator, Literal, Optional, Tuple, Type, TypeVar
 
@@ -64,7 +64,7 @@ class Stream:
         tb: Optional[TracebackType],
     ) -> bool: ...
 
-# --- lockstep.arun (the extension lockstep._async) ---------------------------
+# --- lockstep.arun (python/ext/async.c) --------------------------------------
 
 from typing import AsyncIterable, AsyncIterator as _AsyncIterator, Awaitable, Generator, Union
 

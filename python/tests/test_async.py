@@ -484,9 +484,13 @@ def test_run_inside_sync_consumer(aloop):
     def nested(it):
         return lockstep.run(range(10), sum, max) + (sum(it),)
 
+    def pipeline(it):
+        # The inner run's source is this sync consumer's own iterator.
+        return lockstep.run(it, sum, max, window=3)
+
     async def main():
-        return await lockstep.arun(agen(20), nested, asum)
-    assert run_loop(aloop, main) == ((45, 9, 190), 190)
+        return await lockstep.arun(agen(20), nested, asum, pipeline, window=4)
+    assert run_loop(aloop, main) == ((45, 9, 190), 190, (190, 19))
 
 
 # --- contextvars ------------------------------------------------------------
