@@ -20,9 +20,9 @@
  *     awaited it.  It creates no Task and no Future and calls no loop API
  *     per item; every few milliseconds it gives the loop a turn.
  *   - Every consumer gets an AsyncIterator, which is both an iterator and
- *     an async iterator.  Its __anext__ returns itself, and its am_send
- *     returns an item already in the window with PYGEN_RETURN: no object
- *     and no suspension per item.  When the window is used up it suspends
+ *     an async iterator.  Its __anext__ returns the same small awaitable
+ *     every time, whose am_send returns an item already in the window with
+ *     PYGEN_RETURN: no object and no suspension per item.  When the window is used up it suspends
  *     the consumer's coroutine with the module's private marker, which
  *     the driver recognises as "this consumer took the window".
  *   - A consumer whose call returns an awaitable is driven as a coroutine
@@ -73,7 +73,17 @@ typedef struct {
     lockstep_iter *it; /* NULL once its consumer has returned */
     ARunObject *run;   /* borrowed; valid while it is not NULL */
     PyObject *greenlet; /* borrowed: a synchronous consumer's greenlet */
+    PyObject *next_aw;  /* what __anext__ returns, made once (an AnextObject) */
 } AIterObject;
+
+/* What AsyncIterator.__anext__ returns: one per iterator, reused for every
+ * item, so that `async for` costs no object per item.  It is its own
+ * awaitable (am_send on Python 3.10-3.11; tp_iternext, whose await on
+ * 3.12+ uses it, returns an item as StopIteration(item)). */
+typedef struct {
+    PyObject_HEAD
+    AIterObject *owner; /* borrowed; NULL once the iterator is gone */
+} AnextObject;
 
 /* Per consumer. */
 typedef struct {
@@ -137,6 +147,40 @@ static int async_names_init(void)
         return -1;
     if (str_close == NULL && (str_close = PyUnicode_InternFromString("close")) == NULL)
         return -1;
+    return 0;
+}
+
+/* Looks up an attribute that may be missing: 1 and *out, 0 and NULL, or
+ * -1 with an exception (the API was renamed in Python 3.13). */
+static int lookup_attr(PyObject *ob, PyObject *name, PyObject **out)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    return PyObject_GetOptionalAttr(ob, name, out);
+#else
+    return _PyObject_LookupAttr(ob, name, out);
+#endif
+}
+
+/* Raises StopIteration(value), the way a return ends an await. */
+static void set_stop_value(PyObject *value)
+{
+    PyObject *e = PyObject_CallOneArg(PyExc_StopIteration, value);
+    if (e != NULL) {
+        PyErr_SetObject(PyExc_StopIteration, e);
+        Py_DECREF(e);
+    }
+}
+
+/* Takes a pending StopIteration's value (a new reference) into *out and
+ * returns 0; returns -1, leaving any other exception set. */
+static int fetch_stop_value(PyObject **out)
+{
+    if (!PyErr_ExceptionMatches(PyExc_StopIteration))
+        return -1;
+    PyObject *exc = pyls_fetch_exception();
+    PyObject *v = ((PyStopIterationObject *)exc)->value;
+    *out = Py_NewRef(v != NULL ? v : Py_None);
+    Py_DECREF(exc);
     return 0;
 }
 
@@ -216,7 +260,7 @@ static PySendResult send_into(PyObject *aw, PyObject *value, PyObject *exc, PyOb
     if (exc == NULL)
         return PyIter_Send(aw, value != NULL ? value : Py_None, out);
     PyObject *meth;
-    if (_PyObject_LookupAttr(aw, str_throw, &meth) < 0)
+    if (lookup_attr(aw, str_throw, &meth) < 0)
         return PYGEN_ERROR;
     if (meth == NULL) {
         PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
@@ -228,7 +272,7 @@ static PySendResult send_into(PyObject *aw, PyObject *value, PyObject *exc, PyOb
         *out = r;
         return PYGEN_NEXT;
     }
-    if (PyErr_ExceptionMatches(PyExc_StopIteration) && _PyGen_FetchStopIterationValue(out) == 0)
+    if (fetch_stop_value(out) == 0)
         return PYGEN_RETURN;
     return PYGEN_ERROR;
 }
@@ -239,7 +283,7 @@ static PySendResult close_aw(PyObject *aw, PyObject **out)
 {
     *out = NULL;
     PyObject *meth;
-    if (_PyObject_LookupAttr(aw, str_close, &meth) < 0)
+    if (lookup_attr(aw, str_close, &meth) < 0)
         return PYGEN_ERROR;
     if (meth == NULL) {
         *out = Py_NewRef(Py_None);
@@ -329,7 +373,7 @@ static __attribute__((noinline)) PySendResult aiter_send_slow(AIterObject *self,
     return PYGEN_ERROR;
 }
 
-/* am_send: `await it.__anext__()` is `await it`, which sends into it. */
+/* The await of `it.__anext__()`: an item at once, or the marker. */
 static PySendResult aiter_send(AIterObject *self, PyObject *arg, PyObject **out)
 {
     (void)arg;
@@ -346,10 +390,27 @@ static PySendResult aiter_send(AIterObject *self, PyObject *arg, PyObject **out)
     return aiter_send_slow(self, out);
 }
 
-/* __anext__ and __await__: the iterator is its own awaitable. */
+/* __aiter__. */
 static PyObject *aiter_self(PyObject *self)
 {
     return Py_NewRef(self);
+}
+
+/* __anext__: the iterator's one AnextObject, made the first time. */
+static PyObject *aiter_anext(AIterObject *self)
+{
+    if (ALWAYS(self->next_aw != NULL))
+        return Py_NewRef(self->next_aw);
+    if (self->it == NULL) {
+        aiter_misuse(self, 1);
+        return NULL;
+    }
+    AnextObject *aw = PyObject_New(AnextObject, self->run->st->anext_type);
+    if (aw == NULL)
+        return NULL;
+    aw->owner = self;
+    self->next_aw = (PyObject *)aw;
+    return Py_NewRef(aw);
 }
 
 /* The slow path of __next__: the window is used up, so a synchronous
@@ -409,21 +470,39 @@ static PyObject *aiter_next(AIterObject *self)
     return aiter_next_slow(self);
 }
 
-/* send(value) and throw(...) as methods, for code that drives awaitables
- * by hand (and Python 3.12+, whose await does not use am_send). */
-static PyObject *aiter_send_method(AIterObject *self, PyObject *arg)
+/* AnextObject's am_send: the await of __anext__(). */
+static PySendResult anext_send(AnextObject *self, PyObject *arg, PyObject **out)
+{
+    if (NEVER(self->owner == NULL)) {
+        PyErr_SetString(PyExc_RuntimeError, "lockstep iterator used after it was freed");
+        *out = NULL;
+        return PYGEN_ERROR;
+    }
+    return aiter_send(self->owner, arg, out);
+}
+
+/* send(value) and __next__, as a generator's: a yielded value is returned,
+ * a returned one raised as StopIteration(value).  Python 3.12+ awaits
+ * through __next__. */
+static PyObject *anext_send_method(AnextObject *self, PyObject *arg)
 {
     PyObject *out;
-    PySendResult r = aiter_send(self, arg, &out);
+    PySendResult r = anext_send(self, arg, &out);
     if (r == PYGEN_RETURN) {
-        _PyGen_SetStopIterationValue(out);
+        set_stop_value(out);
         Py_DECREF(out);
         return NULL;
     }
     return out;
 }
 
-static PyObject *aiter_throw(AIterObject *self, PyObject *const *args, Py_ssize_t nargs)
+static PyObject *anext_iternext(AnextObject *self)
+{
+    return anext_send_method(self, Py_None);
+}
+
+/* throw(...): raised where the consumer awaits (nothing is in flight). */
+static PyObject *anext_throw(AnextObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
     if (nargs < 1)
@@ -436,12 +515,44 @@ static PyObject *aiter_throw(AIterObject *self, PyObject *const *args, Py_ssize_
     return NULL;
 }
 
-static PyObject *aiter_close(AIterObject *self, PyObject *unused)
+static PyObject *anext_close(AnextObject *self, PyObject *unused)
 {
     (void)self;
     (void)unused;
     Py_RETURN_NONE;
 }
+
+/* AnextObjects hold no references (owner is borrowed). */
+static void anext_dealloc(AnextObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef anext_methods[] = {
+    {"send", (PyCFunction)anext_send_method, METH_O, NULL},
+    {"throw", (PyCFunction)(void (*)(void))anext_throw, METH_FASTCALL, NULL},
+    {"close", (PyCFunction)anext_close, METH_NOARGS, NULL},
+    {NULL},
+};
+
+static PyType_Slot anext_slots[] = {
+    {Py_tp_dealloc, anext_dealloc},
+    {Py_tp_iter, PyObject_SelfIter},
+    {Py_tp_iternext, anext_iternext},
+    {Py_am_await, aiter_self},
+    {Py_am_send, anext_send},
+    {Py_tp_methods, anext_methods},
+    {0, NULL},
+};
+
+PyType_Spec pyls_anext_spec = {
+    .name = "lockstep._AsyncNext",
+    .basicsize = sizeof(AnextObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = anext_slots,
+};
 
 static PyObject *aiter_get_active(AIterObject *self, void *closure)
 {
@@ -467,20 +578,18 @@ static PyObject *aiter_repr(AIterObject *self)
                                 lockstep_index(self->it), self);
 }
 
-/* AsyncIterators hold no references (run and greenlet are borrowed). */
+/* An AsyncIterator holds only its AnextObject (run and greenlet are
+ * borrowed), which forgets it here. */
 static void aiter_dealloc(AIterObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
+    if (self->next_aw != NULL) {
+        ((AnextObject *)self->next_aw)->owner = NULL;
+        Py_DECREF(self->next_aw);
+    }
     tp->tp_free(self);
     Py_DECREF(tp);
 }
-
-static PyMethodDef aiter_methods[] = {
-    {"send", (PyCFunction)aiter_send_method, METH_O, NULL},
-    {"throw", (PyCFunction)(void (*)(void))aiter_throw, METH_FASTCALL, NULL},
-    {"close", (PyCFunction)aiter_close, METH_NOARGS, NULL},
-    {NULL},
-};
 
 static PyGetSetDef aiter_getset[] = {
     {"active", (getter)aiter_get_active, NULL,
@@ -506,10 +615,7 @@ static PyType_Slot aiter_slots[] = {
     {Py_tp_iter, PyObject_SelfIter},
     {Py_tp_iternext, aiter_next},
     {Py_am_aiter, aiter_self},
-    {Py_am_anext, aiter_self},
-    {Py_am_await, aiter_self},
-    {Py_am_send, aiter_send},
-    {Py_tp_methods, aiter_methods},
+    {Py_am_anext, (unaryfunc)aiter_anext},
     {Py_tp_getset, aiter_getset},
     {Py_tp_repr, aiter_repr},
     {0, NULL},
@@ -548,6 +654,7 @@ static int async_create(lockstep_stream *s, lockstep_iter *it)
     io->it = it;
     io->run = run;
     io->greenlet = NULL;
+    io->next_aw = NULL;
     sl->iter = io;
     return 0;
 }
@@ -1277,7 +1384,7 @@ static PySendResult arun_am_send(ARunObject *self, PyObject *arg, PyObject **out
 static PyObject *send_result(PySendResult r, PyObject *out)
 {
     if (r == PYGEN_RETURN) {
-        _PyGen_SetStopIterationValue(out);
+        set_stop_value(out);
         Py_DECREF(out);
         return NULL;
     }

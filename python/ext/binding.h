@@ -86,6 +86,7 @@ typedef struct {
     PyObject *marker_args; /* (marker,) */
     PyTypeObject *aiter_type; /* lockstep.AsyncIterator (async.c) */
     PyTypeObject *arun_type;  /* what arun() returns (async.c) */
+    PyTypeObject *anext_type; /* what AsyncIterator.__anext__ returns (async.c) */
 } modstate;
 
 typedef struct runstate runstate;
@@ -224,6 +225,7 @@ extern PyType_Spec pyls_stream_spec;
 /* lockstep.AsyncIterator and the awaitable arun() returns. */
 extern PyType_Spec pyls_aiter_spec;
 extern PyType_Spec pyls_arun_spec;
+extern PyType_Spec pyls_anext_spec;
 
 /* arun(source, /, *consumers, window=None, engine=None), METH_FASTCALL |
  * METH_KEYWORDS, and its docstring. */

@@ -63,6 +63,9 @@ static int module_exec(PyObject *m)
     st->arun_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &pyls_arun_spec, NULL);
     if (st->arun_type == NULL || PyModule_AddType(m, st->arun_type) < 0)
         return -1;
+    st->anext_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &pyls_anext_spec, NULL);
+    if (st->anext_type == NULL)
+        return -1;
     st->marker = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
     if (st->marker == NULL)
         return -1;
@@ -95,6 +98,7 @@ static int module_traverse(PyObject *m, visitproc visit, void *arg)
     Py_VISIT(st->marker_args);
     Py_VISIT(st->aiter_type);
     Py_VISIT(st->arun_type);
+    Py_VISIT(st->anext_type);
     return 0;
 }
 
@@ -107,6 +111,7 @@ static int module_clear(PyObject *m)
     Py_CLEAR(st->marker_args);
     Py_CLEAR(st->aiter_type);
     Py_CLEAR(st->arun_type);
+    Py_CLEAR(st->anext_type);
     return 0;
 }
 
