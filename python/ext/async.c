@@ -727,15 +727,6 @@ static const lockstep__engine_ops async_ops = {
     .coop_destroy = async_free,
 };
 
-/* drop_items: releases the references of items leaving the window. */
-static void drop_items(void *arg, void *items, size_t count)
-{
-    (void)arg;
-    PyObject **p = items;
-    for (size_t i = 0; i < count; i++)
-        Py_DECREF(p[i]);
-}
-
 /* ------------------------------------------------------------------------
  * The driver.  Each step returns STEP_ON (go on: the phase may have
  * changed) or STEP_YIELD (*out is to be yielded to the event loop).
@@ -1275,7 +1266,7 @@ static int start(ARunObject *self)
             PyErr_Format(PyExc_RuntimeError, "lockstep: %s", lockstep_strerror(rc));
         return -1;
     }
-    self->s->drop_items = drop_items;
+    self->s->drop_items = pyls_drop_items;
     self->s->drop_arg = self;
     if (self->buffer) {
         self->phase = PH_FILL;
@@ -1624,28 +1615,6 @@ PyType_Spec pyls_arun_spec = {
  * arun(): checks everything, reads nothing.
  * ------------------------------------------------------------------------ */
 
-/* Parses window= (None or an int >= 1; None: 0). */
-static int parse_window(PyObject *obj, size_t *out)
-{
-    *out = 0;
-    if (obj == NULL || obj == Py_None)
-        return 0;
-    Py_ssize_t w = PyNumber_AsSsize_t(obj, PyExc_OverflowError);
-    if (w == -1 && PyErr_Occurred()) {
-        if (!PyErr_ExceptionMatches(PyExc_OverflowError))
-            return -1;
-        PyErr_Clear();
-        w = PY_SSIZE_T_MAX;
-    }
-    if (w < 1 || (size_t)w > LOCKSTEP_MAX_WINDOW) {
-        PyErr_Format(PyExc_ValueError, "window must be between 1 and %zu, not %R",
-                     (size_t)LOCKSTEP_MAX_WINDOW, obj);
-        return -1;
-    }
-    *out = (size_t)w;
-    return 0;
-}
-
 /* Parses engine=: None and 'greenlet' run consumers as they come (sync
  * ones on greenlets), 'buffer' reads everything first; 'thread' is
  * refused.  Sets self->buffer and self->use_greenlet. */
@@ -1819,7 +1788,7 @@ PyObject *pyls_arun(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
     self->st = st;
     self->phase = PH_DONE; /* until fully built: dealloc just releases */
     PyObject_GC_Track(self);
-    if (parse_window(window, &self->window) < 0 || parse_engine(self, engine) < 0)
+    if (pyls_parse_window(window, &self->window) < 0 || parse_engine(self, engine) < 0)
         goto fail;
     if (self->window == 0)
         self->window = ARUN_DEFAULT_WINDOW;

@@ -194,6 +194,14 @@ void pyls_rs_clear(runstate *rs);
  * first next().  Returns 0, or -1 with an exception set. */
 int pyls_rs_open(runstate *rs);
 
+/* Parses window= (None or an int >= 1) into *out; None leaves *out 0,
+ * for the engine's default.  Returns 0 or -1 with ValueError. */
+int pyls_parse_window(PyObject *obj, size_t *out);
+
+/* The streams' drop_items hook: releases the references held by items
+ * leaving the window.  Called on the producer's thread with the GIL held. */
+void pyls_drop_items(void *arg, void *items, size_t count);
+
 /* Records the pending Python exception as the producer's failure at the
  * current stream position. */
 void pyls_rs_source_failed(runstate *rs);

@@ -2,7 +2,7 @@
  * run.c: the run state that run() and Stream share, and run() itself.  A
  * runstate holds the consumers' slots, the parsed window and engine, and
  * the core's stream; this file turns callables into C consumers
- * (consumer_entry), Python references into window items (drop_items), lets
+ * (consumer_entry), Python references into window items (pyls_drop_items), lets
  * go of the GIL while the thread engine's producer waits, opens the stream
  * on the chosen engine, pulls a source iterator into it and turns the
  * core's report into results or the exception earliest in the stream.  The
@@ -107,9 +107,8 @@ done:
     return rc;
 }
 
-/* drop_items hook: releases the references held by items leaving the
- * window.  Called on the producer's thread with the GIL held. */
-static void drop_items(void *arg, void *items, size_t count)
+/* See binding.h. */
+void pyls_drop_items(void *arg, void *items, size_t count)
 {
     (void)arg;
     PyObject **p = items;
@@ -173,9 +172,8 @@ static int parse_engine(PyObject *obj, pyengine *out)
     return -1;
 }
 
-/* Parses window= (None or an int >= 1) into *out; None leaves *out 0,
- * for the engine's default.  Returns 0 or -1. */
-static int parse_window(PyObject *obj, size_t *out)
+/* See binding.h. */
+int pyls_parse_window(PyObject *obj, size_t *out)
 {
     if (obj == NULL || obj == Py_None) {
         *out = 0;
@@ -214,7 +212,7 @@ int pyls_rs_init(runstate *rs, modstate *st, PyObject *const *consumers, size_t 
             return -1;
         }
     }
-    if (parse_window(window, &rs->window) < 0 || parse_engine(engine, &rs->engine) < 0)
+    if (pyls_parse_window(window, &rs->window) < 0 || parse_engine(engine, &rs->engine) < 0)
         return -1;
     if (rs->window == 0)
         rs->window = default_windows[rs->engine];
@@ -301,7 +299,7 @@ int pyls_rs_open(runstate *rs)
         return -1;
     }
     /* Nothing has been pushed yet, so the window holds no references. */
-    rs->s->drop_items = drop_items;
+    rs->s->drop_items = pyls_drop_items;
     rs->s->drop_arg = rs;
     return 0;
 }
