@@ -231,6 +231,18 @@ static int is_awaitable(PyObject *ob)
     return (flags & CO_ITERABLE_COROUTINE) != 0;
 }
 
+/* A consumer's call returned r: raises TypeError (and returns -1) when r
+ * is an async generator, which is neither a result nor an awaitable. */
+static int check_not_asyncgen(PyObject *r)
+{
+    if (r == NULL || !PyAsyncGen_CheckExact(r))
+        return 0;
+    PyErr_SetString(PyExc_TypeError,
+                    "lockstep.arun: a consumer returned an async generator, neither a result "
+                    "nor an awaitable; make it an 'async def' that returns its result");
+    return -1;
+}
+
 /* The iterator to send into for awaiting ob (a new reference), or NULL
  * with TypeError.  A coroutine or generator is its own. */
 static PyObject *awaitable_iter(PyObject *ob)
@@ -776,6 +788,8 @@ static PyObject *greenlet_body(PyObject *self, PyObject *unused)
     ARunObject *run = io->run;
     aslot *sl = it->consumer.arg;
     PyObject *r = PyObject_CallOneArg(sl->consumer, self);
+    if (check_not_asyncgen(r) < 0)
+        Py_CLEAR(r);
     if (r == NULL)
         sl->exc = pyls_fetch_exception();
     else if (is_awaitable(r)) {
@@ -879,6 +893,8 @@ static int consumer_start(ARunObject *self, lockstep_iter *it, aslot *sl)
             Py_CLEAR(r);
     }
     tls_sync = saved;
+    if (check_not_asyncgen(r) < 0)
+        Py_CLEAR(r);
     if (r == NULL || !is_awaitable(r)) {
         consumer_done(self, it, r);
         return 0;

@@ -555,6 +555,18 @@ def test_bad_arguments_raise_before_reading():
     assert src.pulls == 0
 
 
+def test_consumer_returning_async_generator(aloop):
+    import functools
+
+    async def agenfn(it, k):
+        yield k
+
+    async def main():
+        with pytest.raises(TypeError, match="async generator"):
+            await lockstep.arun(agen(5), asum, functools.partial(agenfn, k=1))
+    run_loop(aloop, main)
+
+
 def test_iterator_after_run_and_from_another_task():
     kept = []
 
