@@ -41,11 +41,6 @@
 #include <string.h>
 #include <time.h>
 
-/* Items handed over at once when window=None: the greenlet engine's
- * default in lockstep.run (python/README.md), which keeps the tracemalloc
- * peak far under 128 KiB; arun's own sweep is in python/README.md. */
-#define ARUN_DEFAULT_WINDOW 512
-
 /* The buffer engine's first window, in items; it doubles when full. */
 #define ARUN_BUFFER_FIRST 512
 
@@ -1807,7 +1802,7 @@ PyObject *pyls_arun(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
     if (pyls_parse_window(window, &self->window) < 0 || parse_engine(self, engine) < 0)
         goto fail;
     if (self->window == 0)
-        self->window = ARUN_DEFAULT_WINDOW;
+        self->window = PYLOCKSTEP_WINDOW_GREENLET; /* lockstep.DEFAULT_WINDOW */
     self->src = source_iter(args[0], &self->src_async);
     if (self->src == NULL)
         goto fail;
