@@ -51,10 +51,10 @@
 
 #include "internal.h"
 
-/* greenlet.h is included by greenlet_engine.c alone: it gives every file
- * that includes it a private copy of greenlet's C API pointer, which only
- * that file's pyls_greenlet_load fills in.  The other files ask through
- * pyls_greenlet_current. */
+/* greenlet.h is included by greenlet_engine.c and async.c alone: it gives
+ * every file that includes it a private copy of greenlet's C API pointer,
+ * which only that file fills in (pyls_greenlet_load; async.c's
+ * greenlet_usable).  The other files ask through pyls_greenlet_current. */
 #ifndef LOCKSTEP_HAVE_GREENLET
 #  define LOCKSTEP_HAVE_GREENLET 0
 #endif
