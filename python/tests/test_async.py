@@ -341,8 +341,9 @@ def _no_warning(record):
     assert not bad, [str(w.message) for w in bad]
 
 
+@pytest.mark.parametrize("loopname", ["asyncio", "uvloop"])
 @pytest.mark.parametrize("seed", range(6))
-def test_cancel_asyncio_random_points(seed):
+def test_cancel_asyncio_random_points(seed, loopname):
     rng = random.Random(seed)
     log = []
     src = Counted(sleepy=rng.random() < 0.5)
@@ -375,7 +376,7 @@ def test_cancel_asyncio_random_points(seed):
         assert errors == []
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        asyncio.run(main())
+        run_loop(loopname, main)
         gc.collect()
     _no_warning(record)
     assert sorted(log) == ["plain", "sleepy"]
