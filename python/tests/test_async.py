@@ -24,7 +24,7 @@ import warnings
 import pytest
 
 import lockstep
-from conftest import Boom, lockstep_path
+from conftest import Boom, fail_at as sfail_at, lockstep_path
 
 try:
     import greenlet  # noqa: F401
@@ -126,15 +126,6 @@ def afail_at(p, tag="a"):
         i = 0
         async for _ in it:
             i += 1
-            if i == p:
-                raise Boom(tag, p)
-        return "done"
-    return consumer
-
-
-def sfail_at(p, tag="s"):
-    def consumer(it):
-        for i, _ in enumerate(it, 1):
             if i == p:
                 raise Boom(tag, p)
         return "done"
