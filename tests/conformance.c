@@ -921,6 +921,33 @@ static void test_run_read_bad_input(void)
     }
 }
 
+/* The default window suits the item size: the whole byte budget below 8
+ * bytes, the item count (no more than the budget) from 8 bytes up. */
+static void test_default_window_by_item_size(void)
+{
+    int thread = engine == LOCKSTEP_ENGINE_THREAD;
+    size_t items = thread ? LOCKSTEP_DEFAULT_THREAD_WINDOW : LOCKSTEP_DEFAULT_WINDOW;
+    size_t bytes = thread ? LOCKSTEP_DEFAULT_THREAD_WINDOW_BYTES : LOCKSTEP_DEFAULT_WINDOW_BYTES;
+    static const size_t sizes[] = {1, 2, 8, 64, 4096, 100000, (size_t)4 << 20};
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+        size_t size = sizes[k];
+        size_t budget = bytes / size ? bytes / size : 1;
+        size_t want = size < 8 ? budget : items < budget ? items : budget;
+        lockstep_consumer none[1] = {{return_at_once, NULL}};
+        lockstep_report rep;
+        lockstep_options o = opts(0, &rep);
+        CHECK_EQ(lockstep_run_read(never_read, NULL, size, none, 1, &o), 0);
+        CHECK_EQ(rep.window, want);
+    }
+    lockstep_report rep;
+    lockstep_options o = opts(0, &rep);
+    lockstep_consumer none[1] = {{return_at_once, NULL}};
+    CHECK_EQ(lockstep_run_read(never_read, NULL, 1, none, 1, &o), 0);
+    CHECK_EQ(rep.window, thread ? (size_t)1 << 20 : (size_t)64 << 10);
+    CHECK_EQ(lockstep_run_read(never_read, NULL, 4096, none, 1, &o), 0);
+    CHECK_EQ(rep.window, thread ? 256 : 16);
+}
+
 /* Misuse: consumer 1 calls lockstep_next on consumer 0's iterator.  With
  * threads it waits until consumer 0 has returned: lockstep_next's inline
  * fast path reads the iterator unsynchronised, so calling it while its own
@@ -1295,6 +1322,7 @@ int main(int argc, char **argv)
     test_take_and_read();
     test_bytes_detach_and_bound();
     test_run_read_bad_input();
+    test_default_window_by_item_size();
     test_drop_items();
     test_random();
     test_allocation_failure();
