@@ -1,5 +1,5 @@
 // go_pipe.go: Go's io.Pipe + io.MultiWriter idiom, the row bench_bytes puts
-// beside lockstep.  One writer copies -bytes bytes out of a 1 MiB block that
+// beside lockstep.  One writer copies -bytes bytes out of a 256 KiB block that
 // stays in cache, in -chunk byte writes, through io.MultiWriter to -readers
 // io.Pipe readers, each on its own goroutine, reading into its own 64 KiB
 // buffer and touching each span.  Prints "seconds S".  Standard library only:
@@ -21,7 +21,7 @@ func main() {
 	chunk := flag.Int("chunk", 1<<16, "bytes per write")
 	flag.Parse()
 
-	block := make([]byte, 1<<20)
+	block := make([]byte, 256<<10)
 	for i := range block {
 		block[i] = byte(i*131 + i>>9)
 	}
