@@ -19,6 +19,7 @@
  * Every figure is the best of `repeat` runs; ratios compare rows of the
  * same run.  Usage: bench_bytes [--quick] [--sweep] [--sweep-only] [--cpu]
  *                                [--gib G] [--json PATH] [--go bench/go_pipe.go]
+ *                                [--window W]
  */
 #include <lockstep.h>
 
@@ -563,6 +564,7 @@ int main(int argc, char **argv)
     double gib = 4;
     int quick = 0, do_sweep = 0;
     const char *json_path = NULL, *go_path = "bench/go_pipe.go";
+    size_t window_opt = 0; /* --window: lockstep's window in the main rows (0: default) */
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--quick") == 0)
             quick = 1;
@@ -572,6 +574,8 @@ int main(int argc, char **argv)
             do_sweep = 2;
         else if (strcmp(argv[i], "--cpu") == 0)
             clock_id = CLOCK_PROCESS_CPUTIME_ID;
+        else if (strcmp(argv[i], "--window") == 0 && i + 1 < argc)
+            window_opt = (size_t)atoll(argv[++i]);
         else if (strcmp(argv[i], "--gib") == 0 && i + 1 < argc)
             gib = atof(argv[++i]);
         else if (strcmp(argv[i], "--json") == 0 && i + 1 < argc)
@@ -580,7 +584,7 @@ int main(int argc, char **argv)
             go_path = argv[++i];
         else {
             fprintf(stderr, "usage: %s [--quick] [--sweep] [--sweep-only] [--cpu] [--gib G] "
-                            "[--json PATH] [--go FILE]\n", argv[0]);
+                            "[--json PATH] [--go FILE] [--window W]\n", argv[0]);
             return 2;
         }
     }
@@ -606,10 +610,10 @@ int main(int argc, char **argv)
                                                      : "process CPU time (--cpu)");
     printf("### 4 consumers that take and touch each span (%.2f GiB, best of %d)\n", gib, repeat);
     printf("| approach | throughput | time | vs fiber |\n|---|---:|---:|---:|\n");
-    take_job fib = {LOCKSTEP_ENGINE_FIBER, 0, 1, bytes, 4, 0};
+    take_job fib = {LOCKSTEP_ENGINE_FIBER, window_opt, 1, bytes, 4, 0};
     double t_fib = best_of(take_job_run, &fib);
     char name[128];
-    snprintf(name, sizeof name, "lockstep fiber, default window (%zu B)", fib.used);
+    snprintf(name, sizeof name, "lockstep fiber, window %zu B", fib.used);
     print_row("take4", name, (double)bytes, t_fib, 1.0, 0);
     take_job thr = {LOCKSTEP_ENGINE_THREAD, 0, 1, bytes, 4, 0};
     double t_thr = best_of(take_job_run, &thr);
@@ -665,7 +669,7 @@ int main(int argc, char **argv)
     printf("\n### From a pipe: a writer process, %llu MiB, 64 KiB writes (best of %d)\n",
            (unsigned long long)(pbytes >> 20), repeat);
     printf("| approach | throughput | time | ratio |\n|---|---:|---:|---:|\n");
-    pipe_job pr = {pbytes, dwin, 0}, pl = {pbytes, 0, 1};
+    pipe_job pr = {pbytes, dwin, 0}, pl = {pbytes, window_opt, 1};
     double tpr = best_of(pipe_run, &pr);
     double tpl = best_of(pipe_run, &pl);
     print_row("pipe", "plain read(2) loop, window-sized buffer", (double)pbytes, tpr, 1.0, 0);
