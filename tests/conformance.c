@@ -8,6 +8,7 @@
  * model of strict lockstep and with the buffer engine (the oracle).
  */
 #include "check.h"
+#include "engine_arg.h"
 #include "counter_source.h"
 #include "push_chunks.h"
 #include "internal.h" /* lockstep__fault_arm, for the allocation-failure test */
@@ -250,12 +251,7 @@ static void check_against_model(const script *sc, size_t count, const counter_so
 
 static lockstep_options opts(size_t window, lockstep_report *rep)
 {
-    lockstep_options o;
-    lockstep_options_init(&o);
-    o.engine = engine;
-    o.window = window;
-    o.report = rep;
-    return o;
+    return engine_opts(engine, window, rep);
 }
 
 /* The original question: sum and max of 1..999 in one pass. */
@@ -1288,17 +1284,9 @@ static void test_errors_and_version(void)
 
 int main(int argc, char **argv)
 {
-    const char *name = argc > 1 ? argv[1] : "fiber";
-    int found = 0;
-    for (int e = 0; e < LOCKSTEP_ENGINE_COUNT_; e++)
-        if (strcmp(name, lockstep_engine_name((lockstep_engine)e)) == 0) {
-            engine = (lockstep_engine)e;
-            found = 1;
-        }
-    if (!found) {
-        fprintf(stderr, "usage: %s fiber|thread|buffer\n", argv[0]);
+    if (!engine_arg(argc, argv, &engine))
         return 2;
-    }
+    const char *name = lockstep_engine_name(engine);
     is_buffer = engine == LOCKSTEP_ENGINE_BUFFER;
     if (!lockstep_engine_available(engine)) {
         lockstep_consumer ok[1] = {{return_at_once, NULL}};
