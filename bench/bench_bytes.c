@@ -23,6 +23,8 @@
  */
 #include <lockstep.h>
 
+#include "engine_arg.h" /* tests/: engine_opts */
+
 #include <errno.h>
 #include <openssl/evp.h>
 #include <pthread.h>
@@ -145,12 +147,7 @@ static long fd_read(void *arg, void *items, size_t max)
 
 static lockstep_options opts(lockstep_engine e, size_t window, lockstep_report *rep)
 {
-    lockstep_options o;
-    lockstep_options_init(&o);
-    o.engine = e;
-    o.window = window;
-    o.report = rep;
-    return o;
+    return engine_opts(e, window, rep);
 }
 
 /* n_consumers take_touch consumers over `bytes` from the block; returns
