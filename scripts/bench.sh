@@ -32,8 +32,14 @@ echo "== raw context switch (switch_bench) =="
 
 echo "== Byte streams (bench_bytes: take, Go io.Pipe, tee, digests, pipe, RSS) =="
 if [[ -x build/bench/bench_bytes ]]; then
-  ./build/bench/bench_bytes ${quick:+--quick} --sweep --go bench/go_pipe.go --json "$out/bytes.json" \
+  # Wall-clock rows, then the single-threaded rows again by CPU time (the
+  # figures to trust on a shared machine), then the default-window sweep.
+  ./build/bench/bench_bytes ${quick:+--quick} --go bench/go_pipe.go --json "$out/bytes.json" \
     | tee "$out/bytes.md"
+  ./build/bench/bench_bytes ${quick:+--quick} --cpu --go bench/go_pipe.go --json "$out/bytes_cpu.json" \
+    | tee "$out/bytes_cpu.md"
+  ./build/bench/bench_bytes --quick --cpu --sweep-only --json "$out/bytes_sweep.json" \
+    | tee "$out/bytes_sweep.md"
 else
   echo "bench_bytes not built (needs OpenSSL's libcrypto: scripts/deps.sh build)"
 fi
