@@ -867,6 +867,48 @@ static void test_bytes_detach_and_bound(void)
     }
 }
 
+/* A byte pipeline: a consumer runs its own lockstep_run_read whose read
+ * function is lockstep_read on the outer consumer's iterator. */
+typedef struct {
+    size_t window;
+    int rc;
+    byte_reader inner[2];
+} byte_stage;
+
+static long read_outer(void *arg, void *items, size_t max)
+{
+    return (long)lockstep_read(arg, items, max);
+}
+
+static int byte_stage_consumer(lockstep_iter *it, void *arg)
+{
+    byte_stage *st = arg;
+    lockstep_consumer cs[2] = {{read_bytes, &st->inner[0]}, {read_bytes, &st->inner[1]}};
+    lockstep_options o = opts(st->window, NULL);
+    st->rc = lockstep_run_read(read_outer, it, 1, cs, 2, &o);
+    return 0;
+}
+
+static void test_read_pipeline(void)
+{
+    static const size_t windows[][2] = {{1, 1}, {7, 3}, {0, 0}, {4096, 7}};
+    for (size_t w = 0; w < sizeof windows / sizeof windows[0]; w++) {
+        uint64_t n = windows[w][0] == 1 ? 2000 : 50000;
+        byte_stage st = {windows[w][1], -1, {{5, UINT64_MAX, 0, 0}, {64, 1000, 0, 0}}};
+        byte_reader plain = {3, UINT64_MAX, 0, 0};
+        lockstep_consumer cs[2] = {{byte_stage_consumer, &st}, {read_bytes, &plain}};
+        byte_source b = {0, n, 0, 0};
+        lockstep_options o = opts(windows[w][0], NULL);
+        CHECK_EQ(lockstep_run_read(byte_read, &b, 1, cs, 2, &o), 0);
+        CHECK_EQ(st.rc, 0);
+        CHECK_EQ(st.inner[0].count, n);
+        CHECK_EQ(st.inner[0].sum, byte_sum(n));
+        CHECK_EQ(st.inner[1].count, 1000);
+        CHECK_EQ(st.inner[1].sum, byte_sum(1000));
+        CHECK_EQ(plain.sum, byte_sum(n));
+    }
+}
+
 /* Bad input, and a read function that returns more than it was asked for. */
 static long never_read(void *arg, void *items, size_t max)
 {
@@ -1311,6 +1353,7 @@ int main(int argc, char **argv)
     test_bytes_detach_and_bound();
     test_run_read_bad_input();
     test_default_window_by_item_size();
+    test_read_pipeline();
     test_drop_items();
     test_random();
     test_allocation_failure();
