@@ -5,8 +5,10 @@
  * with memory bounded by a window of items instead of the stream's length.
  * A consumer is an ordinary function that loops over lockstep_next() until
  * it returns NULL; nobody rewrites it as a callback.  The stream comes either
- * from a source function (lockstep_run) or from a producer that pushes items
- * as they arrive (lockstep_open / lockstep_push / lockstep_close).
+ * from a source function (lockstep_run, or lockstep_run_read for a bulk
+ * source such as a pipe) or from a producer that pushes items as they arrive
+ * (lockstep_open / lockstep_push / lockstep_close).  Byte streams and other
+ * small items are read in spans with lockstep_take and lockstep_read.
  *
  * Conventions, in the manner of libuv: every name starts with lockstep_ or
  * LOCKSTEP_, library errors are negative LOCKSTEP_E* codes generated from
