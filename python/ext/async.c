@@ -1223,32 +1223,9 @@ static PySendResult finish(ARunObject *self, PyObject **out)
         pyls_raise_exception(exc);
         return PYGEN_ERROR;
     }
-    const lockstep_report *r = &self->report;
-    if (r->failed != LOCKSTEP_FAILED_NONE || r->code != 0) {
-        PyObject **from = &self->lib_exc;
-        if (r->failed >= 0 && (size_t)r->failed < self->n)
-            from = &self->slots[r->failed].exc;
-        else if (r->failed == LOCKSTEP_FAILED_SOURCE)
-            from = &self->src_exc;
-        PyObject *exc = *from;
-        *from = NULL;
-        if (exc == NULL) {
-            PyErr_Format(PyExc_RuntimeError, "lockstep: %s (%d)", lockstep_strerror(r->code),
-                         r->code);
-            return PYGEN_ERROR;
-        }
-        pyls_raise_exception(exc);
-        return PYGEN_ERROR;
-    }
-    PyObject *results = PyTuple_New((Py_ssize_t)self->n);
-    if (results == NULL)
-        return PYGEN_ERROR;
-    for (size_t i = 0; i < self->n; i++) {
-        PyObject *v = self->slots[i].result ? self->slots[i].result : Py_None;
-        PyTuple_SET_ITEM(results, (Py_ssize_t)i, Py_NewRef(v));
-    }
-    *out = results;
-    return PYGEN_RETURN;
+    *out = pyls_outcome(&self->report, self->n, &self->slots[0].result, &self->slots[0].exc,
+                        sizeof(aslot), &self->src_exc, &self->lib_exc);
+    return *out != NULL ? PYGEN_RETURN : PYGEN_ERROR;
 }
 
 /* Opens the stream (PH_START -> the first round, or filling when

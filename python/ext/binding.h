@@ -218,6 +218,15 @@ int pyls_rs_pull(runstate *rs, PyObject *src, int source_failure);
  * stream, as the core's report says. */
 PyObject *pyls_rs_close(runstate *rs);
 
+/* A closed stream's outcome, as its report r says: the results tuple (a new
+ * reference) built from n result pointers, or NULL with the exception
+ * earliest in the stream raised, taken (stolen) from the failing
+ * consumer's exception pointer, *src_exc or *lib_exc.  The i-th consumer's
+ * pointers are at results0 and excs0 plus i * stride bytes (a slot array:
+ * run.c's and async.c's slots differ). */
+PyObject *pyls_outcome(const lockstep_report *r, size_t n, PyObject **results0,
+                       PyObject **excs0, size_t stride, PyObject **src_exc, PyObject **lib_exc);
+
 /* run(iterable, /, *consumers, window=None, engine=None), METH_FASTCALL |
  * METH_KEYWORDS, and its docstring. */
 PyObject *pyls_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs,

@@ -353,13 +353,21 @@ PyObject *pyls_rs_close(runstate *rs)
     (void)lockstep_close(rs->s);
     rs->busy = 0;
     rs->s = NULL;
-    const lockstep_report *r = &rs->report;
+    return pyls_outcome(&rs->report, rs->n, &rs->slots[0].result, &rs->slots[0].exc,
+                        sizeof(slot), &rs->src_exc, &rs->lib_exc);
+}
+
+/* See binding.h. */
+PyObject *pyls_outcome(const lockstep_report *r, size_t n, PyObject **results0,
+                       PyObject **excs0, size_t stride, PyObject **src_exc, PyObject **lib_exc)
+{
+#define PYLS_NTH(first, i) ((PyObject **)((char *)(first) + (i) * stride))
     if (r->failed != LOCKSTEP_FAILED_NONE || r->code != 0) {
-        PyObject **from = &rs->lib_exc;
-        if (r->failed >= 0 && (size_t)r->failed < rs->n)
-            from = &rs->slots[r->failed].exc;
+        PyObject **from = lib_exc;
+        if (r->failed >= 0 && (size_t)r->failed < n)
+            from = PYLS_NTH(excs0, (size_t)r->failed);
         else if (r->failed == LOCKSTEP_FAILED_SOURCE)
-            from = &rs->src_exc;
+            from = src_exc;
         PyObject *exc = *from;
         *from = NULL;
         if (exc == NULL)
@@ -368,14 +376,15 @@ PyObject *pyls_rs_close(runstate *rs)
         pyls_raise_exception(exc);
         return NULL;
     }
-    PyObject *results = PyTuple_New((Py_ssize_t)rs->n);
+    PyObject *results = PyTuple_New((Py_ssize_t)n);
     if (results == NULL)
         return NULL;
-    for (size_t i = 0; i < rs->n; i++) {
-        PyObject *v = rs->slots[i].result ? rs->slots[i].result : Py_None;
-        PyTuple_SET_ITEM(results, (Py_ssize_t)i, Py_NewRef(v));
+    for (size_t i = 0; i < n; i++) {
+        PyObject *v = *PYLS_NTH(results0, i);
+        PyTuple_SET_ITEM(results, (Py_ssize_t)i, Py_NewRef(v != NULL ? v : Py_None));
     }
     return results;
+#undef PYLS_NTH
 }
 
 /* ------------------------------------------------------------------------
