@@ -35,3 +35,8 @@ from ._lockstep import (
 __version__ = "0.1.0"
 
 __all__ = ["run", "Stream", "Iterator", "engines", "DEFAULT_WINDOW", "DEFAULT_WINDOWS", "MAX_WINDOW", "__version__"]
+
+# Byte streams (issue 13): run_bytes and the reader it hands each consumer.
+from ._bytes import DEFAULT_BYTES_WINDOW, Reader, run_bytes  # noqa: E402
+
+__all__ += ["run_bytes", "Reader", "DEFAULT_BYTES_WINDOW"]
