@@ -10,8 +10,12 @@ Rows, all from ONE process, each the minimum of --repeat runs:
   sha256 alone     hashing the same bytes from memory (h.update(block))
   sha1 alone       the same for SHA-1
   source alone     reading the stream once into a window-sized buffer
-  floor            the sum of the three: what one pass costs at least
-                   without parallelism
+  copies           what a readinto-based consumer such as file_digest adds
+                   to hashing: the stream copied into a buffer of its own
+  floor            sha256 + sha1 + source: what one pass costs at least
+                   without parallelism (issue 13's floor), and the same
+                   plus both consumers' copies, which readinto makes
+                   unavoidable
   greenlet         run_bytes(..., engine="greenlet"), and its ratio to floor
                    (issue 13 asks for at most 1.1x)
   thread           run_bytes(..., engine="thread"), and greenlet / thread
@@ -38,6 +42,7 @@ import sys
 import time
 
 MIB = 1 << 20
+FLOOR_COPIES = "floor + both consumers' copies"
 BLOCK = 1 << 20  # the cached block the source copies from: fits in L2/L3
 
 
@@ -70,16 +75,6 @@ class BlockSource:
         return n
 
 
-def best(fn, repeat):
-    """The minimum wall time of repeat calls of fn, and its last result."""
-    times, out = [], None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return min(times), out
-
-
 def hash_alone(name, block, total):
     h = hashlib.new(name)
     for _ in range(total // len(block)):
@@ -100,6 +95,15 @@ def two_threads(block, total):
     return out["sha256"], out["sha1"]
 
 
+def copy_alone(block, total, window):
+    """What one readinto-based consumer (file_digest) adds to hashing: the
+    stream copied, window by window, into a buffer of its own."""
+    buf, view = bytearray(window), memoryview(block)
+    for off in range(0, total, window):
+        start = off % len(block)
+        buf[:] = view[start:start + window]
+
+
 def source_alone(block, total, window):
     src, buf = BlockSource(block, total), bytearray(window)
     while src.readinto(buf):
@@ -118,56 +122,87 @@ def lockstep_run(lockstep, block, total, engine, window=None):
                               digest_consumer("sha1"), engine=engine, window=window)
 
 
+def interleaved(fns, repeat):
+    """Runs every fn of the dict fns once per round, repeat rounds, so that
+    the load of the moment falls on every row alike; returns the minimum
+    wall time of each, and each one's last result.  interleaved.cpu then
+    holds the minimum CPU time of each (all threads of the process)."""
+    times = {name: [] for name in fns}
+    cpu = {name: [] for name in fns}
+    results = {}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            t, c = time.perf_counter(), time.process_time()
+            results[name] = fn()
+            times[name].append(time.perf_counter() - t)
+            cpu[name].append(time.process_time() - c)
+    interleaved.cpu = {name: min(cs) for name, cs in cpu.items()}
+    return {name: min(ts) for name, ts in times.items()}, results
+
+
 def table(lockstep, mib, repeat):
     """The rows for one stream of mib MiB; returns them as dicts."""
     block = os.urandom(BLOCK)
     total = mib * MIB
     window = lockstep.DEFAULT_BYTES_WINDOW
-    t256, d256 = best(lambda: hash_alone("sha256", block, total), repeat)
-    t1, d1 = best(lambda: hash_alone("sha1", block, total), repeat)
-    tsrc, _ = best(lambda: source_alone(block, total, window), repeat)
-    floor = t256 + t1 + tsrc
-    tpar, _ = best(lambda: two_threads(block, total), repeat)
-    rows = [("sha256 alone", t256), ("sha1 alone", t1), ("source alone", tsrc),
-            ("floor (sum)", floor), ("two plain threads, no lockstep", tpar)]
-    times = {}
-    for engine in ("greenlet", "thread"):
-        if engine not in lockstep.engines():
-            continue
-        times[engine], got = best(lambda: lockstep_run(lockstep, block, total, engine), repeat)
-        assert got == (d256, d1), "run_bytes disagrees with hashing alone"
-        rows.append((f"run_bytes {engine}", times[engine]))
-    out = []
+    fns = {
+        "sha256 alone": lambda: hash_alone("sha256", block, total),
+        "sha1 alone": lambda: hash_alone("sha1", block, total),
+        "source alone": lambda: source_alone(block, total, window),
+        "one consumer's readinto copies alone": lambda: copy_alone(block, total, window),
+        "two plain threads, no lockstep": lambda: two_threads(block, total),
+    }
+    engines = [e for e in ("greenlet", "thread") if e in lockstep.engines()]
+    for engine in engines:
+        fns[f"run_bytes {engine}"] = lambda e=engine: lockstep_run(lockstep, block, total, e)
+    t, res = interleaved(fns, repeat)
+    for engine in engines:
+        assert res[f"run_bytes {engine}"] == (res["sha256 alone"], res["sha1 alone"]), \
+            "run_bytes disagrees with hashing alone"
+    cpu = interleaved.cpu
+    floor = t["sha256 alone"] + t["sha1 alone"] + t["source alone"]
+    t["floor: sha256 + sha1 + source"] = floor
+    cpu["floor: sha256 + sha1 + source"] = cpu_floor = (
+        cpu["sha256 alone"] + cpu["sha1 alone"] + cpu["source alone"])
+    copies = 2 * t["one consumer's readinto copies alone"]
+    t[FLOOR_COPIES] = floor + copies
+    cpu[FLOOR_COPIES] = cpu_floor + 2 * cpu["one consumer's readinto copies alone"]
     print(f"## run_bytes: file_digest sha256 + sha1 over {mib} MiB, window {window} "
-          f"(min of {repeat}; load {os.getloadavg()[0]:.1f})\n")
-    print("| row | seconds | MB/s of stream |")
-    print("|---|---:|---:|")
-    for name, t in rows:
-        print(f"| {name} | {t:.3f} | {total / t / 1e6:.0f} |")
-        out.append({"row": name, "seconds": t, "mib": mib})
-    if "greenlet" in times:
-        print(f"\ngreenlet / floor = {times['greenlet'] / floor:.3f}  (issue 13: <= 1.1)")
-    if "greenlet" in times and "thread" in times:
-        print(f"greenlet / thread = {times['greenlet'] / times['thread']:.3f}  (issue 13: >= 1.5)")
-        print(f"ceiling here: (sha256 + sha1 alone) / two plain threads = "
-              f"{(t256 + t1) / tpar:.3f}")
+          f"(min of {repeat}, interleaved; load {os.getloadavg()[0]:.1f})\n")
+    print("| row | seconds | MB/s of stream | CPU seconds |")
+    print("|---|---:|---:|---:|")
+    out = []
+    for name, secs in t.items():
+        print(f"| {name} | {secs:.3f} | {total / secs / 1e6:.0f} | {cpu[name]:.3f} |")
+        out.append({"row": name, "seconds": secs, "cpu_seconds": cpu[name], "mib": mib})
+    if "run_bytes greenlet" in t:
+        print(f"\ngreenlet / floor = {t['run_bytes greenlet'] / floor:.3f}  (issue 13: <= 1.1); "
+              f"in CPU time {cpu['run_bytes greenlet'] / cpu_floor:.3f}")
+        print(f"greenlet / (floor + copies) = {t['run_bytes greenlet'] / (floor + copies):.3f}; "
+              f"in CPU time {cpu['run_bytes greenlet'] / cpu[FLOOR_COPIES]:.3f}")
+    if len(engines) == 2:
+        print(f"greenlet / thread = {t['run_bytes greenlet'] / t['run_bytes thread']:.3f}  "
+              "(issue 13: >= 1.5)")
+    print(f"ceiling here: (sha256 + sha1 alone) / two plain threads = "
+          f"{(t['sha256 alone'] + t['sha1 alone']) / t['two plain threads, no lockstep']:.3f}")
     return out
 
 
 def sweep(lockstep, mib, repeat):
     block = os.urandom(BLOCK)
     total = mib * MIB
-    print(f"\n## window sweep: file_digest sha256 + sha1 over {mib} MiB (min of {repeat})\n")
+    windows = (16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20)
+    fns = {(w, e): (lambda w=w, e=e: lockstep_run(lockstep, block, total, e, w))
+           for w in windows for e in ("greenlet", "thread")}
+    t, _ = interleaved(fns, repeat)
+    print(f"\n## window sweep: file_digest sha256 + sha1 over {mib} MiB "
+          f"(min of {repeat}, interleaved)\n")
     print("| window | greenlet s | thread s |")
     print("|---:|---:|---:|")
     out = []
-    for window in (16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20):
-        row = {"window": window}
-        for engine in ("greenlet", "thread"):
-            row[engine], _ = best(lambda: lockstep_run(lockstep, block, total, engine, window),
-                                  repeat)
-        print(f"| {window >> 10} KiB | {row['greenlet']:.3f} | {row['thread']:.3f} |")
-        out.append(row)
+    for w in windows:
+        print(f"| {w >> 10} KiB | {t[w, 'greenlet']:.3f} | {t[w, 'thread']:.3f} |")
+        out.append({"window": w, "greenlet": t[w, "greenlet"], "thread": t[w, "thread"]})
     return out
 
 

@@ -23,6 +23,7 @@ core's byte window and lockstep_take / lockstep_run_read; the Python
 contract (tests in python/tests/test_bytes.py) stays the same.
 """
 import io
+import sys
 
 from . import _lockstep
 
@@ -35,12 +36,20 @@ __all__ = ["run_bytes", "Reader", "DEFAULT_BYTES_WINDOW"]
 # bench/py_bytes_bench.py --sweep shows the plateau; python/README.md.
 DEFAULT_BYTES_WINDOW = 256 * 1024
 
+# The thread engine's ring slots (RING_SEGMENTS in src/engine_thread.c), and
+# the smallest chunk worth a slot: above the 2 KiB (HASHLIB_GIL_MINSIZE)
+# beyond which hashlib releases the GIL, with room to spare.
+_RING_SEGMENTS = 4
+_MIN_RING_CHUNK = 16 * 1024
+
+
 # Failure ranks, as the core's (src/internal.h LOCKSTEP__RANK_*): consumers
 # that fail without asking for more come before a consumer that fails after
 # it saw the end of the stream.
 _RANK_AFTER_END = 1 << 62
 
 _EMPTY = b""
+_EMPTY_VIEW = memoryview(_EMPTY)
 
 
 class Reader(io.BufferedIOBase):
@@ -58,9 +67,10 @@ class Reader(io.BufferedIOBase):
 
     def __init__(self, it):
         super().__init__()
-        self._it = it          # lockstep.Iterator over chunks (bytes)
-        self._buf = _EMPTY     # the chunk in hand
-        self._off = 0          # bytes of _buf already handed out
+        self._it = it          # lockstep.Iterator over chunks
+        self._obj = _EMPTY     # the chunk in hand: bytes or a pooled bytearray
+        self._view = _EMPTY_VIEW  # memoryview of its valid bytes
+        self._off = 0          # bytes of it already handed out
         self._pos = 0          # bytes handed out in all
         self._eof = False      # the iterator ended
 
@@ -73,31 +83,41 @@ class Reader(io.BufferedIOBase):
         if self.closed:
             raise ValueError("I/O operation on closed file.")
 
+    def _drop(self):
+        """Lets go of the chunk in hand, so that its pooled buffer can be
+        refilled as soon as the core drops it too."""
+        self._obj, self._view, self._off = _EMPTY, _EMPTY_VIEW, 0
+
     def _fill(self):
         """Makes the chunk in hand non-empty; returns False at the end."""
-        if self._off < len(self._buf):
+        if self._off < len(self._view):
             return True
         if self._eof:
             return False
+        self._drop()
         chunk = next(self._it, None)
         if chunk is None:
             self._eof = True
-            self._buf, self._off = _EMPTY, 0
             return False
-        self._buf, self._off = chunk, 0
+        if type(chunk) is memoryview:  # a pooled buffer, see _file_chunks
+            self._obj, self._view = chunk.obj, chunk
+        else:
+            self._obj, self._view = chunk, memoryview(chunk)
         return True
 
     def _take(self, n):
-        """Up to n (n >= 0) bytes of the chunk in hand, consumed; one call to
-        _fill when it is empty.  A whole chunk is returned without a copy."""
+        """Up to n (n >= 0) bytes of the chunk in hand, consumed, as a
+        memoryview (one call to _fill when it is empty); a whole bytes
+        chunk comes as itself, so that read() returns it without a copy."""
         if not self._fill():
             return _EMPTY
-        buf, off = self._buf, self._off
-        end = min(len(buf), off + n)
-        out = buf if off == 0 and end == len(buf) else buf[off:end]
+        view, off = self._view, self._off
+        end = min(len(view), off + n)
         self._off = end
         self._pos += end - off
-        return out
+        if off == 0 and end == len(view) and type(self._obj) is bytes:
+            return self._obj
+        return view[off:end]
 
     # --- io.BufferedIOBase ----------------------------------------------
 
@@ -120,11 +140,11 @@ class Reader(io.BufferedIOBase):
         if size is None or size < 0:
             parts = []
             while self._fill():
-                parts.append(self._take(len(self._buf)))
+                parts.append(self._take(len(self._view)))
             return b"".join(parts)
         first = self._take(size)
         if len(first) == size or not first:
-            return first
+            return first if type(first) is bytes else bytes(first)
         parts = [first]
         want = size - len(first)
         while want:
@@ -140,7 +160,8 @@ class Reader(io.BufferedIOBase):
         self._check()
         if size is None or size < 0:
             size = 1 << 62
-        return self._take(size)
+        part = self._take(size)
+        return part if type(part) is bytes else bytes(part)
 
     def readinto(self, b):
         """Fills b (fewer bytes only at the end); returns how many."""
@@ -170,7 +191,7 @@ class Reader(io.BufferedIOBase):
             size = 1 << 62
         parts = []
         while size > 0 and self._fill():
-            nl = self._buf.find(b"\n", self._off, self._off + size)
+            nl = self._obj.find(b"\n", self._off, min(len(self._view), self._off + size))
             n = nl + 1 - self._off if nl >= 0 else size
             part = self._take(n)
             parts.append(part)
@@ -183,14 +204,14 @@ class Reader(io.BufferedIOBase):
         """The bytes in hand (at least one unless at the end), not consumed."""
         self._check()
         self._fill()
-        return self._buf[self._off:]
+        return bytes(self._view[self._off:])
 
     def detach(self):
         raise io.UnsupportedOperation("lockstep reader has no raw stream to detach")
 
     def close(self):
         """Stops reading: drops the chunk in hand; later reads raise ValueError."""
-        self._buf, self._off = _EMPTY, 0
+        self._drop()
         super().close()
 
     def __repr__(self):
@@ -211,29 +232,95 @@ def _parse_window(window):
     return w
 
 
-def _file_chunks(f, window):
-    """Chunks of at most window bytes from binary file f: read1 where f has
-    it (a pipe then yields what has arrived instead of waiting for a full
-    window), else read, else readinto."""
-    read = getattr(f, "read1", None) or getattr(f, "read", None)
-    if read is None:
-        buf = bytearray(window)
-        while True:
-            n = f.readinto(buf)
-            if not n:
-                return
-            yield bytes(buf[:n])
+def _plan(window, engine):
+    """How a window of `window` bytes is handed over: (chunk size, chunks
+    per run() window).  The thread engine splits its window into a ring of
+    RING_SEGMENTS slots (src/engine_thread.c) so that the producer reads
+    ahead while consumers work: it gets that many chunks, as long as each
+    stays above _MIN_RING_CHUNK.  The cooperative engines get one chunk:
+    fewer, larger hand-offs."""
+    if engine is None and _lockstep.engines():
+        engine = _lockstep.engines()[0]
+    if engine == "thread" and window >= _RING_SEGMENTS * _MIN_RING_CHUNK:
+        return window // _RING_SEGMENTS, _RING_SEGMENTS
+    return window, 1
+
+
+def _file_chunks(f, chunk):
+    """Chunks of at most `chunk` bytes from binary file f.  With readinto1
+    or readinto, each is read straight into a buffer of a pool and handed
+    over as a memoryview of it (see _pooled_chunks); else read1, else read,
+    each chunk a new bytes object.  read1 and readinto1 come first: a pipe
+    then yields what has arrived instead of waiting for a full chunk."""
+    readinto = getattr(f, "readinto1", None) or getattr(f, "readinto", None)
+    if readinto is not None:
+        return _pooled_chunks(readinto, chunk)
+    return _read_chunks(getattr(f, "read1", None) or f.read, chunk)
+
+
+def _pooled_chunks(readinto, chunk):
+    """readinto into buffers that are reused once nobody holds them: the
+    pool's list and getrefcount's argument are then their only references
+    (a reader lets go of a chunk before it asks for the next one, and the
+    core drops it from the window when the window moves on).  The pool
+    grows to the chunks in flight: the thread engine's ring plus one per
+    consumer, at most; one buffer on the greenlet engine.  Buffers a
+    consumer keeps for longer leave the pool once it holds _POOL_MAX."""
+    pool = []
     while True:
-        chunk = read(window)
-        if chunk is None:
+        buf = _free_buffer(pool)
+        if buf is None:
+            if len(pool) == _POOL_MAX:
+                del pool[0]  # a consumer keeps views (read() with no size)
+            buf = bytearray(chunk)
+            pool.append(buf)
+        n = readinto(buf)
+        if n is None:
             raise BlockingIOError("lockstep.run_bytes needs a blocking source")
-        if not chunk:
+        if not n:
             return
-        if isinstance(chunk, str):
+        with memoryview(buf) as view:
+            yield view[:n]
+
+
+def _refcounts(pool):
+    """The reference counts of pool's buffers, as seen from here."""
+    return [_getrefcount(buf) for buf in pool]
+
+
+def _free_buffer(pool):
+    """A buffer of pool that nobody but the pool refers to, or None."""
+    for buf, refs in zip(pool, _refcounts(pool)):
+        if refs == _FREE_REFS:
+            return buf
+    return None
+
+
+# A pooled buffer is free when its count, seen through _refcounts, is that
+# of a buffer only a pool holds: measured once here, rather than assumed,
+# since what getrefcount counts varies between CPython versions.  Without
+# reference counts (PyPy) nothing is reused.
+_getrefcount = getattr(sys, "getrefcount", lambda obj: -1)
+_FREE_REFS = _refcounts([bytearray(1)])[0] if hasattr(sys, "getrefcount") else -2
+# Buffers a pool keeps at most: the thread engine's ring (4) plus one per
+# consumer for a dozen consumers; a buffer still in use beyond that is left
+# to its holders.
+_POOL_MAX = 16
+
+
+def _read_chunks(read, chunk):
+    """read(chunk) until it returns nothing, as bytes of at most chunk bytes."""
+    while True:
+        data = read(chunk)
+        if data is None:
+            raise BlockingIOError("lockstep.run_bytes needs a blocking source")
+        if not data:
+            return
+        if isinstance(data, str):
             raise TypeError("lockstep.run_bytes needs a binary file, not a text file")
-        if type(chunk) is not bytes:
-            chunk = bytes(chunk)
-        yield from _split(chunk, window)
+        if type(data) is not bytes:
+            data = bytes(data)
+        yield from _split(data, chunk)
 
 
 def _split(chunk, window):
@@ -345,7 +432,8 @@ def run_bytes(source, /, *consumers, window=None, engine=None):
     stream itself.
     """
     w = _parse_window(window)
-    chunks = _source(source, w)
+    chunk, items = _plan(w, engine)
+    chunks = _source(source, chunk)
     failures = []
     wrapped = []
     for i, fn in enumerate(consumers):
@@ -353,7 +441,7 @@ def run_bytes(source, /, *consumers, window=None, engine=None):
             raise TypeError(f"consumer {i} is not callable: {fn!r}")
         wrapped.append(_consumer(fn, i, failures))
     try:
-        return _lockstep.run(chunks, *wrapped, window=1, engine=engine)
+        return _lockstep.run(chunks, *wrapped, window=items, engine=engine)
     except BaseException as raised:
         exc = _pick_failure(raised, failures)
         if exc is raised:

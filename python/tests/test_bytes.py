@@ -258,6 +258,30 @@ def test_closing_detaches_and_others_go_on(engine, window):
         "closed", hashlib.sha256(data).hexdigest(), None)
 
 
+def test_returned_bytes_stay_valid(engine, tmp_path):
+    """What read, read1 and peek returned never changes when the source's
+    buffers are reused for later chunks."""
+    data = os.urandom(200_000)
+    path = tmp_path / "r.bin"
+    path.write_bytes(data)
+
+    def keep(method):
+        def consumer(f):
+            parts = []
+            while True:
+                part = method(f)
+                if not part:
+                    return b"".join(parts)
+                parts.append(part)
+        return consumer
+
+    with open(path, "rb") as f:
+        got = lockstep.run_bytes(f, keep(lambda f: f.read1()), keep(lambda f: f.read(999)),
+                                 keep(lambda f: f.read(len(f.peek()) or 1)),
+                                 window=4096, engine=engine)
+    assert got == (data, data, data)
+
+
 # --- failures, cancellation, early exit -----------------------------------
 
 def fail_after(n, tag):
