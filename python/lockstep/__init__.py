@@ -12,6 +12,9 @@ run(iterable, *consumers, window=None, engine=None) -> tuple
     Each consumer is any callable taking one iterator.  See help(lockstep.run).
 Stream(*consumers, window=None, engine=None)
     The push side, for callback-driven sources.  See help(lockstep.Stream).
+run_bytes(source, *consumers, window=None, engine=None) -> tuple
+    Byte streams: each consumer takes a binary file object (hashlib.file_digest,
+    tarfile, gzip, pickle.load...).  See help(lockstep.run_bytes).
 engines() -> tuple
     Engines usable here, best first; engine=None picks the first:
     'greenlet' when greenlet imports, else 'thread', else 'buffer'.

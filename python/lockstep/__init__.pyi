@@ -63,3 +63,35 @@ class Stream:
         exc: Optional[BaseException],
         tb: Optional[TracebackType],
     ) -> bool: ...
+
+# --- Byte streams (issue 13) ------------------------------------------------
+from io import BufferedIOBase
+from typing import Protocol, Union
+
+DEFAULT_BYTES_WINDOW: int
+
+class _BinaryReadable(Protocol):
+    def read(self, size: int = ..., /) -> bytes: ...
+
+_BytesLike = Union[bytes, bytearray, memoryview]
+
+class Reader(BufferedIOBase):
+    """The read-only, non-seekable binary file run_bytes hands each consumer."""
+    mode: str
+    def __init__(self, it: Iterator[Any]) -> None: ...
+    def read(self, size: Optional[int] = -1, /) -> bytes: ...
+    def read1(self, size: Optional[int] = -1, /) -> bytes: ...
+    def readinto(self, b: Any, /) -> int: ...
+    def readinto1(self, b: Any, /) -> int: ...
+    def readline(self, size: Optional[int] = -1, /) -> bytes: ...
+    def peek(self, size: int = 0, /) -> bytes: ...
+
+def run_bytes(
+    source: Union[_BinaryReadable, Iterable[_BytesLike]],
+    /,
+    *consumers: Callable[[Reader], Any],
+    window: Optional[int] = None,
+    engine: Optional[EngineName] = None,
+) -> Tuple[Any, ...]:
+    """Run every consumer (a reader of a binary file) over one pass of a byte stream."""
+    ...

@@ -412,13 +412,16 @@ def run_bytes(source, /, *consumers, window=None, engine=None):
       mode='r|gz'), pickle.load, or csv over io.TextIOWrapper(f).  Returns
       a tuple with one result per consumer, in consumer order:
 
-          >>> import hashlib, lockstep
-          >>> with open('/etc/hostname', 'rb') as f:            # doctest: +SKIP
-          ...     sha, n = lockstep.run_bytes(
-          ...         f, lambda r: hashlib.file_digest(r, 'sha256').hexdigest(),
-          ...         lambda r: sum(len(line) for line in r))
+          >>> import hashlib, io, lockstep
+          >>> pipe = io.BytesIO(b"one\\ntwo\\nthree\\n")      # or p.stdout, a socket...
+          >>> lockstep.run_bytes(pipe,
+          ...     lambda f: hashlib.file_digest(f, "sha256").hexdigest()[:12],
+          ...     lambda f: sum(1 for line in f))
+          ('b6285c57e879', 3)
 
-    window: bytes held at a time (None: DEFAULT_BYTES_WINDOW, 256 KiB).
+    window: how far, in bytes, the source may be read ahead of the slowest
+      consumer (None: DEFAULT_BYTES_WINDOW, 256 KiB); memory stays bounded
+      by about window plus one chunk per consumer, whatever the length.
     engine: as in lockstep.run: 'greenlet', 'thread' (hashlib and zlib
       release the GIL on large buffers, so two hashes run in parallel) or
       'buffer' (reads everything first).
