@@ -265,20 +265,25 @@ def _pooled_chunks(readinto, chunk):
     core drops it from the window when the window moves on).  The pool
     grows to the chunks in flight: the thread engine's ring plus one per
     consumer, at most; one buffer on the greenlet engine.  Buffers a
-    consumer keeps for longer leave the pool once it holds _POOL_MAX."""
+    consumer keeps for longer leave the pool once it holds _POOL_MAX.
+    Buffers start at _FIRST_BUFFER bytes and double, up to chunk, each time
+    a read fills one, so that a short stream does not pay for a big window."""
     pool = []
+    size = min(chunk, _FIRST_BUFFER)
     while True:
-        buf = _free_buffer(pool)
+        buf = _free_buffer(pool, size)
         if buf is None:
             if len(pool) == _POOL_MAX:
                 del pool[0]  # a consumer keeps views (read() with no size)
-            buf = bytearray(chunk)
+            buf = bytearray(size)
             pool.append(buf)
         n = readinto(buf)
         if n is None:
             raise BlockingIOError("lockstep.run_bytes needs a blocking source")
         if not n:
             return
+        if n == size:
+            size = min(chunk, 2 * size)
         with memoryview(buf) as view:
             yield view[:n]
 
@@ -288,12 +293,19 @@ def _refcounts(pool):
     return [_getrefcount(buf) for buf in pool]
 
 
-def _free_buffer(pool):
-    """A buffer of pool that nobody but the pool refers to, or None."""
-    for buf, refs in zip(pool, _refcounts(pool)):
-        if refs == _FREE_REFS:
-            return buf
-    return None
+def _free_buffer(pool, size):
+    """A buffer of `size` bytes of pool that nobody but the pool refers to,
+    or None; free buffers of another (an outgrown) size leave the pool."""
+    counts = _refcounts(pool)  # first: the loop below holds references too
+    found = None
+    for i in reversed(range(len(pool))):
+        if counts[i] != _FREE_REFS:
+            continue
+        if len(pool[i]) != size:
+            del pool[i]
+        elif found is None:
+            found = pool[i]
+    return found
 
 
 # A pooled buffer is free when its count, seen through _refcounts, is that
@@ -306,6 +318,9 @@ _FREE_REFS = _refcounts([bytearray(1)])[0] if hasattr(sys, "getrefcount") else -
 # consumer for a dozen consumers; a buffer still in use beyond that is left
 # to its holders.
 _POOL_MAX = 16
+# A source's first buffer: io.DEFAULT_BUFFER_SIZE, what a BufferedReader
+# would have used.
+_FIRST_BUFFER = io.DEFAULT_BUFFER_SIZE
 
 
 def _read_chunks(read, chunk):
