@@ -16,6 +16,9 @@ Rows, all from ONE process, each the minimum of --repeat runs:
                    without parallelism (issue 13's floor), and the same
                    plus both consumers' copies, which readinto makes
                    unavoidable
+  file_digest alone  each consumer run alone over its own copy of the
+                   source: what the two unmodified consumers cost without
+                   lockstep (the source read twice)
   greenlet         run_bytes(..., engine="greenlet"), and its ratio to floor
                    (issue 13 asks for at most 1.1x)
   thread           run_bytes(..., engine="thread"), and greenlet / thread
@@ -43,6 +46,7 @@ import time
 
 MIB = 1 << 20
 FLOOR_COPIES = "floor + both consumers' copies"
+FD_ALONE = "file_digest sha256 then sha1, each alone over its own source"
 BLOCK = 1 << 20  # the cached block the source copies from: fits in L2/L3
 
 
@@ -151,6 +155,8 @@ def table(lockstep, mib, repeat):
         "source alone": lambda: source_alone(block, total, window),
         "one consumer's readinto copies alone": lambda: copy_alone(block, total, window),
         "two plain threads, no lockstep": lambda: two_threads(block, total),
+        FD_ALONE: lambda: (hashlib.file_digest(BlockSource(block, total), "sha256").hexdigest(),
+                           hashlib.file_digest(BlockSource(block, total), "sha1").hexdigest()),
     }
     engines = [e for e in ("greenlet", "thread") if e in lockstep.engines()]
     for engine in engines:
@@ -180,6 +186,8 @@ def table(lockstep, mib, repeat):
               f"in CPU time {cpu['run_bytes greenlet'] / cpu_floor:.3f}")
         print(f"greenlet / (floor + copies) = {t['run_bytes greenlet'] / (floor + copies):.3f}; "
               f"in CPU time {cpu['run_bytes greenlet'] / cpu[FLOOR_COPIES]:.3f}")
+        print(f"greenlet / (each file_digest alone) = {t['run_bytes greenlet'] / t[FD_ALONE]:.3f}; "
+              f"in CPU time {cpu['run_bytes greenlet'] / cpu[FD_ALONE]:.3f}")
     if len(engines) == 2:
         print(f"greenlet / thread = {t['run_bytes greenlet'] / t['run_bytes thread']:.3f}  "
               "(issue 13: >= 1.5)")
