@@ -46,6 +46,9 @@ demo: build python
 	@echo
 	@echo "== The same question in Python =="
 	@PYTHONPATH=python $(PYTHON) examples/sum_max.py
+	@echo
+	@echo "== Bytes: one pass over a tarball on a pipe (examples/onepass.c) =="
+	@tar czf - src include | ./build/examples/onepass
 
 # The whole matrix.  Each leg is also a target of its own.
 TEST_LEGS = test-release test-python test-asan test-asan-clang test-tsan test-ucontext test-valgrind test-aarch64 test-fuzz

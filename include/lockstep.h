@@ -204,6 +204,50 @@ static inline const void *lockstep__next_inline(lockstep_iter *it)
 #  define lockstep_next(it) lockstep__next_inline(it)
 #endif
 
+/*
+ * Bulk access, for byte streams and other small items.  lockstep_next,
+ * lockstep_take and lockstep_read share one cursor per consumer and may be
+ * mixed freely.
+ *
+ * lockstep_take returns up to max contiguous items at this consumer's
+ * cursor, at least 1 and never past the end of what the window holds now,
+ * and sets *count to how many.  They are consumed, and stay valid until
+ * this consumer's next call.  It returns NULL with *count = 0 at the end of
+ * the stream, when cancelled (lockstep_cancelled tells), on misuse, and
+ * when max is 0 (then nothing is consumed).  No copy: a parser's read
+ * callback can hand the pointer straight on.
+ */
+LOCKSTEP_API const void *lockstep_take(lockstep_iter *it, size_t max, size_t *count);
+
+/*
+ * Copies up to max items into buf, like read(2): returns how many (at least
+ * 1), or 0 at the end, when cancelled (lockstep_cancelled tells), on misuse
+ * or when max is 0.  A short count is normal: it never waits for more once
+ * it has one item.
+ */
+LOCKSTEP_API size_t lockstep_read(lockstep_iter *it, void *buf, size_t max);
+
+/*
+ * A bulk source: writes 1..max items (item_size bytes each) to items and
+ * returns how many, returns 0 at the end of the stream, or a negative code
+ * on failure, passed through to the caller of lockstep_run_read unchanged.
+ * A short count is normal (a pipe returns what it has): the items it
+ * returned are handed to the consumers before it is called again.
+ */
+typedef long (*lockstep_read_fn)(void *arg, void *items, size_t max);
+
+/*
+ * lockstep_run for a bulk source: the same guarantees on every engine and
+ * window (order, early exit with at most window - 1 items read past the
+ * last consumer's stop, the deterministic outcome with a failure's position
+ * counted in items, cancellation, bad input, allocation failure).  read
+ * writes straight into the window, so items are copied once.  A count over
+ * max is a source failure with code LOCKSTEP_EINVAL at that position.
+ */
+LOCKSTEP_API int lockstep_run_read(lockstep_read_fn read, void *read_arg, size_t item_size,
+                                   const lockstep_consumer *consumers, size_t n_consumers,
+                                   const lockstep_options *options);
+
 /* Returns 1 when lockstep_next returned NULL because the run was cancelled
  * (some consumer or the source failed), 0 otherwise. */
 LOCKSTEP_API int lockstep_cancelled(const lockstep_iter *it);

@@ -197,6 +197,45 @@ const void *lockstep__next_slow(lockstep_iter *it)
     return it->stream->ops->next_slow(it);
 }
 
+/* One call of the slow path at most: the rest of the range the consumer
+ * holds, or the next item and the range after it.  Both are contiguous in
+ * the window (or the thread engine's segment), and the engine keeps them
+ * until the consumer's next call. */
+const void *lockstep_take(lockstep_iter *it, size_t max, size_t *count)
+{
+    if (count != NULL)
+        *count = 0;
+    if (NEVER(it == NULL || count == NULL) || max == 0)
+        return NULL;
+    const unsigned char *first = it->head.cur;
+    if (first < it->head.end)
+        it->head.cur += it->head.item_size;
+    else if ((first = lockstep__next_slow(it)) == NULL)
+        return NULL;
+    /* The range left after the first item.  Items are usually bytes: no
+     * division for them. */
+    size_t size = it->head.item_size;
+    size_t left = (size_t)(it->head.end - it->head.cur);
+    if (size != 1)
+        left /= size;
+    size_t more = max - 1 < left ? max - 1 : left;
+    it->head.cur += more * size;
+    *count = more + 1;
+    return first;
+}
+
+/* lockstep_take, then a copy. */
+size_t lockstep_read(lockstep_iter *it, void *buf, size_t max)
+{
+    size_t count;
+    if (NEVER(buf == NULL))
+        return 0;
+    const void *items = lockstep_take(it, max, &count);
+    if (items != NULL)
+        memcpy(buf, items, count * it->head.item_size);
+    return count;
+}
+
 int lockstep_cancelled(const lockstep_iter *it) { return it != NULL && it->cancelled; }
 
 uint64_t lockstep_position(const lockstep_iter *it) { return it ? lockstep__iter_pos(it) : 0; }
@@ -504,10 +543,33 @@ void lockstep__source_stopped(lockstep_stream *s, int rc)
     }
 }
 
-/* See internal.h. */
+/* See internal.h.  One test per window chooses the bulk path. */
 int lockstep__fill_window(lockstep_stream *s)
 {
+    if (s->read_fn != NULL)
+        return lockstep__fill_read_with(s, s->read_fn, s->read_arg);
     return lockstep__fill_window_with(s, s->source, s->source_arg);
+}
+
+/* See internal.h. */
+int lockstep__read_one(void *arg, void *item)
+{
+    lockstep_stream *s = arg;
+    return lockstep__read_code(s->read_fn(s->read_arg, item, 1), 1);
+}
+
+/* Opens a stream for lockstep_run or lockstep_run_read; have_fn says
+ * whether the source function is not NULL.  Returns 0 or the code to
+ * return. */
+static int open_pull(lockstep_stream **s, int have_fn, size_t item_size,
+                     const lockstep_consumer *consumers, size_t n_consumers,
+                     const lockstep_options *options)
+{
+    if (!have_fn) {
+        write_report(options, LOCKSTEP_EINVAL, LOCKSTEP_FAILED_LIBRARY, 0, 0, 0);
+        return LOCKSTEP_EINVAL;
+    }
+    return lockstep_open(s, item_size, consumers, n_consumers, options);
 }
 
 int lockstep_run(lockstep_source_fn source, void *source_arg, size_t item_size,
@@ -515,13 +577,21 @@ int lockstep_run(lockstep_source_fn source, void *source_arg, size_t item_size,
                  const lockstep_options *options)
 {
     lockstep_stream *s;
-    if (source == NULL) {
-        write_report(options, LOCKSTEP_EINVAL, LOCKSTEP_FAILED_LIBRARY, 0, 0, 0);
-        return LOCKSTEP_EINVAL;
-    }
-    int rc = lockstep_open(&s, item_size, consumers, n_consumers, options);
+    int rc = open_pull(&s, source != NULL, item_size, consumers, n_consumers, options);
     if (rc < 0)
         return rc;
     lockstep__pull_with(s, source, source_arg);
+    return lockstep_close(s);
+}
+
+int lockstep_run_read(lockstep_read_fn read, void *read_arg, size_t item_size,
+                      const lockstep_consumer *consumers, size_t n_consumers,
+                      const lockstep_options *options)
+{
+    lockstep_stream *s;
+    int rc = open_pull(&s, read != NULL, item_size, consumers, n_consumers, options);
+    if (rc < 0)
+        return rc;
+    lockstep__pull_read_with(s, read, read_arg);
     return lockstep_close(s);
 }
