@@ -265,6 +265,8 @@ int pyls_rs_open(runstate *rs)
         cs[i].fn = consumer_entry;
         cs[i].arg = &rs->slots[i];
     }
+    /* A byte run (bytes.c) holds bytes; run() and Stream hold references. */
+    size_t item_size = rs->bytes ? 1 : sizeof(PyObject *);
     lockstep_options o;
     lockstep_options_init(&o);
     o.window = rs->window;
@@ -274,7 +276,7 @@ int pyls_rs_open(runstate *rs)
     switch (rs->engine) {
 #if LOCKSTEP_HAVE_GREENLET
     case ENG_GREENLET:
-        rc = lockstep__open_ops(&rs->s, &pyls_greenlet_ops, rs, sizeof(PyObject *), cs, rs->n, &o);
+        rc = lockstep__open_ops(&rs->s, &pyls_greenlet_ops, rs, item_size, cs, rs->n, &o);
         break;
 #endif
     case ENG_THREAD:
@@ -282,11 +284,11 @@ int pyls_rs_open(runstate *rs)
         rs->hook.after_wait = gil_acquire;
         o.engine = LOCKSTEP_ENGINE_THREAD;
         o.blocking = &rs->hook;
-        rc = lockstep_open(&rs->s, sizeof(PyObject *), cs, rs->n, &o);
+        rc = lockstep_open(&rs->s, item_size, cs, rs->n, &o);
         break;
     case ENG_BUFFER:
         o.engine = LOCKSTEP_ENGINE_BUFFER;
-        rc = lockstep_open(&rs->s, sizeof(PyObject *), cs, rs->n, &o);
+        rc = lockstep_open(&rs->s, item_size, cs, rs->n, &o);
         break;
     default:
         rc = LOCKSTEP_ENOTSUP;
@@ -301,8 +303,10 @@ int pyls_rs_open(runstate *rs)
         return -1;
     }
     /* Nothing has been pushed yet, so the window holds no references. */
-    rs->s->drop_items = drop_items;
-    rs->s->drop_arg = rs;
+    if (!rs->bytes) {
+        rs->s->drop_items = drop_items;
+        rs->s->drop_arg = rs;
+    }
     return 0;
 }
 
