@@ -6,9 +6,9 @@
  *     readinto(memoryview) -> int fills in place through the core's bulk
  *     path (lockstep_run_read's loop, lockstep__pull_read_with; on the
  *     greenlet engine the consumer that ends a round refills, as in run()).
- *     The memoryview covers the window's free room only for the call and is
- *     released right after it: a readinto that keeps it fails the run
- *     rather than write into a window the consumers read.
+ *     The memoryview covers the window's free room only for the call:
+ *     right after it, it and any slice the source kept of it are made
+ *     inaccessible (ValueError), so no Python code reaches the window.
  *   - Each consumer receives a lockstep.ByteIterator, whose take(n),
  *     readinto1(buffer) and peek() are lockstep_take plus one copy (into a
  *     new bytes, or the caller's buffer), so nothing handed to Python points
@@ -226,7 +226,7 @@ PyType_Spec pyls_bytes_spec = {
 /* The read function (lockstep_read_fn) of a byte run: calls rs->readinto
  * with a memoryview over max bytes at items.  Returns how many it wrote,
  * 0 at the end, or PYLOCKSTEP_EPYTHON with the exception kept as the
- * producer's (also for a count out of range, or a memoryview kept). */
+ * producer's (also for a count out of range). */
 long pyls_rs_read(void *arg, void *items, size_t max)
 {
     runstate *rs = arg;
@@ -236,25 +236,15 @@ long pyls_rs_read(void *arg, void *items, size_t max)
     if (view == NULL)
         goto failed;
     PyObject *r = PyObject_CallOneArg(rs->readinto, view);
-    /* Kept: stored (a reference more) or sliced (another view on it). */
-    int kept = Py_REFCNT(view) > 1 || ((PyMemoryViewObject *)view)->mbuf->exports > 1;
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    PyObject *released = PyObject_CallMethod(view, "release", NULL);
+    /* Whatever the source kept of the view (itself, or slices of it, which
+     * share its managed buffer) must not reach the window once the call
+     * has returned: marking the managed buffer released makes every view
+     * on it raise ValueError, as a released memoryview does.  There is no
+     * exporter to release (PyMemoryView_FromMemory). */
+    ((PyMemoryViewObject *)view)->mbuf->flags |= _Py_MANAGED_BUFFER_RELEASED;
     Py_DECREF(view);
-    if (released == NULL)
-        kept = 1;
-    Py_XDECREF(released);
-    PyErr_Clear();
-    PyErr_Restore(type, value, tb);
     if (r == NULL)
         goto failed;
-    if (kept) {
-        Py_DECREF(r);
-        PyErr_SetString(PyExc_BufferError,
-                        "lockstep.run_bytes: the source kept the buffer readinto was given");
-        goto failed;
-    }
     Py_ssize_t n = r == Py_None ? -1 : PyNumber_AsSsize_t(r, PyExc_OverflowError);
     Py_DECREF(r);
     if (n == -1 && PyErr_Occurred())

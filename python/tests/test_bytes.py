@@ -434,6 +434,44 @@ def test_text_file_rejected(tmp_path, engine):
         assert f.tell() == 0
 
 
+class KeepingFile(io.RawIOBase):
+    """A source that keeps (or slices) the buffer readinto was given."""
+
+    def __init__(self, slice_it):
+        self.slice_it, self.kept, self.pos = slice_it, None, 0
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        n = min(3, len(b))  # the stream is abcabc...
+        b[:n] = bytes(b"abc"[(self.pos + i) % 3] for i in range(n))
+        self.pos += n
+        self.kept = b[:n] if self.slice_it else b
+        return n
+
+
+@pytest.mark.parametrize("slice_it", [False, True], ids=["kept", "sliced"])
+def test_source_cannot_keep_the_window(engine, slice_it):
+    src = KeepingFile(slice_it)
+    assert lockstep.run_bytes(src, lambda f: f.read(7), window=5, engine=engine) == (b"abcabca",)
+    with pytest.raises(ValueError):  # released: the window is out of its reach
+        src.kept[0]
+
+
+class OverReporting(io.RawIOBase):
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        return len(b) + 1
+
+
+def test_source_reporting_too_many_bytes(engine):
+    with pytest.raises(ValueError, match="readinto returned"):
+        lockstep.run_bytes(OverReporting(), sha256, engine=engine)
+
+
 def test_str_chunks_rejected(engine):
     with pytest.raises(TypeError):
         lockstep.run_bytes(["text"], sha256, engine=engine)
