@@ -444,10 +444,11 @@ class KeepingFile(io.RawIOBase):
         return True
 
     def readinto(self, b):
-        n = min(3, len(b))  # the stream is abcabc...
+        n = min(3, len(b), 30 - self.pos)  # the stream is abcabc..., 30 bytes
         b[:n] = bytes(b"abc"[(self.pos + i) % 3] for i in range(n))
         self.pos += n
-        self.kept = b[:n] if self.slice_it else b
+        if n:
+            self.kept = b[:n] if self.slice_it else b
         return n
 
 
