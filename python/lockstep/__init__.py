@@ -41,5 +41,6 @@ __all__ = ["run", "Stream", "Iterator", "engines", "DEFAULT_WINDOW", "DEFAULT_WI
 
 # Byte streams (issue 13): run_bytes and the reader it hands each consumer.
 from ._bytes import DEFAULT_BYTES_WINDOW, Reader, run_bytes  # noqa: E402
+from ._lockstep import ByteIterator  # noqa: E402
 
-__all__ += ["run_bytes", "Reader", "DEFAULT_BYTES_WINDOW"]
+__all__ += ["run_bytes", "Reader", "ByteIterator", "DEFAULT_BYTES_WINDOW"]
