@@ -209,6 +209,12 @@ int pyls_rs_pull(runstate *rs, PyObject *src, int source_failure);
  * stream, as the core's report says. */
 PyObject *pyls_rs_close(runstate *rs);
 
+/* The keyword arguments of fname (run, run_read), METH_FASTCALL style:
+ * values[k] is the value of kwnames[k].  Sets *window and *engine to those
+ * given (borrowed); returns 0, or -1 with TypeError for any other keyword. */
+int pyls_run_keywords(const char *fname, PyObject *const *values, PyObject *kwnames,
+                      PyObject **window, PyObject **engine);
+
 /* run(iterable, /, *consumers, window=None, engine=None), METH_FASTCALL |
  * METH_KEYWORDS, and its docstring. */
 PyObject *pyls_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs,

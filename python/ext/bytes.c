@@ -276,19 +276,8 @@ PyObject *pyls_run_read(PyObject *module, PyObject *const *args, Py_ssize_t narg
     PyObject *window = NULL, *engine = NULL, *result = NULL;
     runstate rs;
     memset(&rs, 0, sizeof rs);
-    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    for (Py_ssize_t k = 0; k < nkw; k++) {
-        PyObject *name = PyTuple_GET_ITEM(kwnames, k);
-        if (PyUnicode_CompareWithASCIIString(name, "window") == 0)
-            window = args[nargs + k];
-        else if (PyUnicode_CompareWithASCIIString(name, "engine") == 0)
-            engine = args[nargs + k];
-        else {
-            PyErr_Format(PyExc_TypeError, "run_read() got an unexpected keyword argument %R",
-                         name);
-            return NULL;
-        }
-    }
+    if (pyls_run_keywords("run_read", args + nargs, kwnames, &window, &engine) < 0)
+        return NULL;
     if (nargs < 1 || !PyCallable_Check(args[0])) {
         PyErr_SetString(PyExc_TypeError, "run_read() needs a callable readinto first");
         return NULL;
