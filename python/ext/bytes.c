@@ -241,7 +241,16 @@ long pyls_rs_read(void *arg, void *items, size_t max)
      * has returned: marking the managed buffer released makes every view
      * on it raise ValueError, as a released memoryview does.  There is no
      * exporter to release (PyMemoryView_FromMemory). */
+#ifndef PYPY_VERSION
     ((PyMemoryViewObject *)view)->mbuf->flags |= _Py_MANAGED_BUFFER_RELEASED;
+#else /* cpyext has no managed buffers to mark: release the view itself */
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyObject *released = PyObject_CallMethod(view, "release", NULL);
+    Py_XDECREF(released);
+    PyErr_Clear();
+    PyErr_Restore(type, value, tb);
+#endif
     Py_DECREF(view);
     if (r == NULL)
         goto failed;
