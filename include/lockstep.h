@@ -5,8 +5,10 @@
  * with memory bounded by a window of items instead of the stream's length.
  * A consumer is an ordinary function that loops over lockstep_next() until
  * it returns NULL; nobody rewrites it as a callback.  The stream comes either
- * from a source function (lockstep_run) or from a producer that pushes items
- * as they arrive (lockstep_open / lockstep_push / lockstep_close).
+ * from a source function (lockstep_run, or lockstep_run_read for a bulk
+ * source such as a pipe) or from a producer that pushes items as they arrive
+ * (lockstep_open / lockstep_push / lockstep_close).  Byte streams and other
+ * small items are read in spans with lockstep_take and lockstep_read.
  *
  * Conventions, in the manner of libuv: every name starts with lockstep_ or
  * LOCKSTEP_, library errors are negative LOCKSTEP_E* codes generated from
@@ -129,7 +131,7 @@ typedef struct {
  */
 typedef struct {
     lockstep_engine engine;   /* LOCKSTEP_ENGINE_FIBER by default */
-    size_t window;            /* items per window; 0 = the engine's default (LOCKSTEP_DEFAULT_*WINDOW), 1 = strict lockstep */
+    size_t window;            /* items per window; 0 = the engine's default for the item size (LOCKSTEP_DEFAULT_*), 1 = strict lockstep */
     size_t stack_size;        /* fiber or thread stack in bytes; 0 = LOCKSTEP_DEFAULT_STACK_SIZE */
     lockstep_report *report;  /* optional: filled in when the run ends */
     const lockstep_blocking_hook *blocking; /* optional, thread engine only */
@@ -138,12 +140,18 @@ typedef struct {
 
 #define LOCKSTEP_OPTIONS_INIT {LOCKSTEP_ENGINE_FIBER, 0, 0, NULL, NULL, {NULL, NULL, NULL, NULL}}
 
-/* Default windows, chosen by the window sweep (make bench; docs/DESIGN.md).
+/* Default windows, chosen by the window sweeps (make bench; docs/DESIGN.md).
  * A thread hand-off costs microseconds where a fiber switch costs
  * nanoseconds, so the thread engine needs a larger window to amortise it.
- * lockstep_report.window tells which one a run used. */
+ * The window is a count of items, bounded by a byte budget: items smaller
+ * than 8 bytes (bytes, characters, read in bulk) get the whole budget
+ * (64 KiB of bytes on fibers, 1 MiB on threads), larger ones the item count
+ * but no more than the budget (4096-byte items: 16 on fibers, 256 on
+ * threads).  lockstep_report.window tells which window a run used. */
 #define LOCKSTEP_DEFAULT_WINDOW 256
 #define LOCKSTEP_DEFAULT_THREAD_WINDOW 4096
+#define LOCKSTEP_DEFAULT_WINDOW_BYTES ((size_t)64 * 1024)
+#define LOCKSTEP_DEFAULT_THREAD_WINDOW_BYTES ((size_t)1024 * 1024)
 /* Default stack for a fiber or consumer thread: 256 KiB, of which only the
  * pages a consumer touches cost memory. */
 #define LOCKSTEP_DEFAULT_STACK_SIZE (256u * 1024u)

@@ -318,12 +318,28 @@ void lockstep__coop_destroy(lockstep_stream *s)
 /* Largest window in bytes: anything past this is a typo, not a plan. */
 #define LOCKSTEP__MAX_WINDOW_BYTES ((size_t)1 << 40)
 
-/* The window a run uses: the caller's, else the engine's default. */
-static size_t default_window(const lockstep__engine_ops *ops, const lockstep_options *o)
+/* Items below this size get the engine's whole byte budget by default:
+ * they are bytes or characters, read in bulk (lockstep_take), where a
+ * window costs a read call and a few switches and its bytes a copy each,
+ * so the window must be large in bytes (the bulk sweep in docs/DESIGN.md).
+ * From 8 bytes up the item counts measured for int64 stay, capped by the
+ * budget so that large items do not make windows of megabytes. */
+#define LOCKSTEP__SMALL_ITEM 8
+
+/* The window a run uses: the caller's, else the engine's default for
+ * items of item_size bytes (see LOCKSTEP_DEFAULT_WINDOW_BYTES). */
+static size_t default_window(const lockstep__engine_ops *ops, const lockstep_options *o,
+                             size_t item_size)
 {
     if (o->window != 0)
         return o->window;
-    return ops->default_window ? ops->default_window : LOCKSTEP_DEFAULT_WINDOW;
+    size_t items = ops->default_window ? ops->default_window : LOCKSTEP_DEFAULT_WINDOW;
+    size_t bytes = ops->default_window_bytes ? ops->default_window_bytes
+                                             : LOCKSTEP_DEFAULT_WINDOW_BYTES;
+    size_t budget = item_size != 0 && bytes / item_size > 0 ? bytes / item_size : 1;
+    if (item_size < LOCKSTEP__SMALL_ITEM)
+        return budget;
+    return items < budget ? items : budget;
 }
 
 /* Checks everything lockstep_open is given, before anything is allocated. */
@@ -337,7 +353,7 @@ static int validate(const lockstep__engine_ops *ops, size_t item_size,
     for (size_t i = 0; i < n; i++)
         if (consumers[i].fn == NULL)
             return LOCKSTEP_EINVAL;
-    size_t window = default_window(ops, o);
+    size_t window = default_window(ops, o, item_size);
     if (window > LOCKSTEP_MAX_WINDOW || item_size > LOCKSTEP__MAX_WINDOW_BYTES / window)
         return LOCKSTEP_EINVAL;
     if (o->stack_size != 0 &&
@@ -393,7 +409,7 @@ int lockstep__open_ops(lockstep_stream **out, const lockstep__engine_ops *ops, v
     s->engine_arg = engine_arg;
     s->opts = *options;
     s->item_size = item_size;
-    s->window = default_window(ops, options);
+    s->window = default_window(ops, options, item_size);
     s->n = n;
     s->live = n;
     s->backward = 1; /* round_begin flips it: consumers start in index order */

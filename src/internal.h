@@ -140,6 +140,7 @@ struct lockstep_stream {
 struct lockstep__engine_ops {
     const char *name;
     size_t default_window;           /* for window 0; 0 means LOCKSTEP_DEFAULT_WINDOW */
+    size_t default_window_bytes;     /* its byte budget; 0 means LOCKSTEP_DEFAULT_WINDOW_BYTES */
     int concurrent;                  /* consumers run while the producer does (threads) */
     /* Allocates engine state, and starts every consumer so that it runs up
      * to its first lockstep_next.  Returns 0 or a negative code, having freed

@@ -14,6 +14,7 @@
  * Usage: test_bytes_readers ENGINE   (fiber, thread or buffer)
  */
 #include "check.h"
+#include "engine_arg.h"
 #include "lockstep.h"
 
 #include <archive.h>
@@ -355,12 +356,7 @@ static xml_summary xml_ref;
 
 static lockstep_options opts(size_t window, lockstep_report *rep)
 {
-    lockstep_options o;
-    lockstep_options_init(&o);
-    o.engine = engine;
-    o.window = window;
-    o.report = rep;
-    return o;
+    return engine_opts(engine, window, rep);
 }
 
 /* libarchive, a whole-stream digest by take, a tiny-read digest and one
@@ -517,17 +513,9 @@ static void run_stdin(size_t window)
 
 int main(int argc, char **argv)
 {
-    const char *name = argc > 1 ? argv[1] : "fiber";
-    int found = 0;
-    for (int e = 0; e < LOCKSTEP_ENGINE_COUNT_; e++)
-        if (strcmp(name, lockstep_engine_name((lockstep_engine)e)) == 0) {
-            engine = (lockstep_engine)e;
-            found = 1;
-        }
-    if (!found) {
-        fprintf(stderr, "usage: %s fiber|thread|buffer\n", argv[0]);
+    if (!engine_arg(argc, argv, &engine))
         return 2;
-    }
+    const char *name = lockstep_engine_name(engine);
     if (!lockstep_engine_available(engine)) {
         printf("engine %s is not available in this build\n", name);
         CHECK(1);

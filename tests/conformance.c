@@ -8,6 +8,7 @@
  * model of strict lockstep and with the buffer engine (the oracle).
  */
 #include "check.h"
+#include "engine_arg.h"
 #include "counter_source.h"
 #include "push_chunks.h"
 #include "internal.h" /* lockstep__fault_arm, for the allocation-failure test */
@@ -250,12 +251,7 @@ static void check_against_model(const script *sc, size_t count, const counter_so
 
 static lockstep_options opts(size_t window, lockstep_report *rep)
 {
-    lockstep_options o;
-    lockstep_options_init(&o);
-    o.engine = engine;
-    o.window = window;
-    o.report = rep;
-    return o;
+    return engine_opts(engine, window, rep);
 }
 
 /* The original question: sum and max of 1..999 in one pass. */
@@ -871,6 +867,48 @@ static void test_bytes_detach_and_bound(void)
     }
 }
 
+/* A byte pipeline: a consumer runs its own lockstep_run_read whose read
+ * function is lockstep_read on the outer consumer's iterator. */
+typedef struct {
+    size_t window;
+    int rc;
+    byte_reader inner[2];
+} byte_stage;
+
+static long read_outer(void *arg, void *items, size_t max)
+{
+    return (long)lockstep_read(arg, items, max);
+}
+
+static int byte_stage_consumer(lockstep_iter *it, void *arg)
+{
+    byte_stage *st = arg;
+    lockstep_consumer cs[2] = {{read_bytes, &st->inner[0]}, {read_bytes, &st->inner[1]}};
+    lockstep_options o = opts(st->window, NULL);
+    st->rc = lockstep_run_read(read_outer, it, 1, cs, 2, &o);
+    return 0;
+}
+
+static void test_read_pipeline(void)
+{
+    static const size_t windows[][2] = {{1, 1}, {7, 3}, {0, 0}, {4096, 7}};
+    for (size_t w = 0; w < sizeof windows / sizeof windows[0]; w++) {
+        uint64_t n = windows[w][0] == 1 ? 2000 : 50000;
+        byte_stage st = {windows[w][1], -1, {{5, UINT64_MAX, 0, 0}, {64, 1000, 0, 0}}};
+        byte_reader plain = {3, UINT64_MAX, 0, 0};
+        lockstep_consumer cs[2] = {{byte_stage_consumer, &st}, {read_bytes, &plain}};
+        byte_source b = {0, n, 0, 0};
+        lockstep_options o = opts(windows[w][0], NULL);
+        CHECK_EQ(lockstep_run_read(byte_read, &b, 1, cs, 2, &o), 0);
+        CHECK_EQ(st.rc, 0);
+        CHECK_EQ(st.inner[0].count, n);
+        CHECK_EQ(st.inner[0].sum, byte_sum(n));
+        CHECK_EQ(st.inner[1].count, 1000);
+        CHECK_EQ(st.inner[1].sum, byte_sum(1000));
+        CHECK_EQ(plain.sum, byte_sum(n));
+    }
+}
+
 /* Bad input, and a read function that returns more than it was asked for. */
 static long never_read(void *arg, void *items, size_t max)
 {
@@ -919,6 +957,33 @@ static void test_run_read_bad_input(void)
         b = (byte_source){0, 1000, 0, LONG_MIN};
         CHECK_EQ(lockstep_run_read(byte_read, &b, 1, cs, 2, &o), LOCKSTEP_EINVAL);
     }
+}
+
+/* The default window suits the item size: the whole byte budget below 8
+ * bytes, the item count (no more than the budget) from 8 bytes up. */
+static void test_default_window_by_item_size(void)
+{
+    int thread = engine == LOCKSTEP_ENGINE_THREAD;
+    size_t items = thread ? LOCKSTEP_DEFAULT_THREAD_WINDOW : LOCKSTEP_DEFAULT_WINDOW;
+    size_t bytes = thread ? LOCKSTEP_DEFAULT_THREAD_WINDOW_BYTES : LOCKSTEP_DEFAULT_WINDOW_BYTES;
+    static const size_t sizes[] = {1, 2, 8, 64, 4096, 100000, (size_t)4 << 20};
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+        size_t size = sizes[k];
+        size_t budget = bytes / size ? bytes / size : 1;
+        size_t want = size < 8 ? budget : items < budget ? items : budget;
+        lockstep_consumer none[1] = {{return_at_once, NULL}};
+        lockstep_report rep;
+        lockstep_options o = opts(0, &rep);
+        CHECK_EQ(lockstep_run_read(never_read, NULL, size, none, 1, &o), 0);
+        CHECK_EQ(rep.window, want);
+    }
+    lockstep_report rep;
+    lockstep_options o = opts(0, &rep);
+    lockstep_consumer none[1] = {{return_at_once, NULL}};
+    CHECK_EQ(lockstep_run_read(never_read, NULL, 1, none, 1, &o), 0);
+    CHECK_EQ(rep.window, thread ? (size_t)1 << 20 : (size_t)64 << 10);
+    CHECK_EQ(lockstep_run_read(never_read, NULL, 4096, none, 1, &o), 0);
+    CHECK_EQ(rep.window, thread ? 256 : 16);
 }
 
 /* Misuse: consumer 1 calls lockstep_next on consumer 0's iterator.  With
@@ -1261,17 +1326,9 @@ static void test_errors_and_version(void)
 
 int main(int argc, char **argv)
 {
-    const char *name = argc > 1 ? argv[1] : "fiber";
-    int found = 0;
-    for (int e = 0; e < LOCKSTEP_ENGINE_COUNT_; e++)
-        if (strcmp(name, lockstep_engine_name((lockstep_engine)e)) == 0) {
-            engine = (lockstep_engine)e;
-            found = 1;
-        }
-    if (!found) {
-        fprintf(stderr, "usage: %s fiber|thread|buffer\n", argv[0]);
+    if (!engine_arg(argc, argv, &engine))
         return 2;
-    }
+    const char *name = lockstep_engine_name(engine);
     is_buffer = engine == LOCKSTEP_ENGINE_BUFFER;
     if (!lockstep_engine_available(engine)) {
         lockstep_consumer ok[1] = {{return_at_once, NULL}};
@@ -1295,6 +1352,8 @@ int main(int argc, char **argv)
     test_take_and_read();
     test_bytes_detach_and_bound();
     test_run_read_bad_input();
+    test_default_window_by_item_size();
+    test_read_pipeline();
     test_drop_items();
     test_random();
     test_allocation_failure();
