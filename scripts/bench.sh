@@ -53,5 +53,9 @@ scripts/bench_async_deps.sh "$PY"
 $PY bench/py_async_bench.py --pythonpath python ${quick:+--quick} --json "$out/py_async.json" \
   | tee "$out/py_async.md"
 
+echo "== Python byte streams (py_bytes_bench: run_bytes, two file_digest consumers) =="
+$PY bench/py_bytes_bench.py --pythonpath python ${quick:+--mib 16 --repeat 1} ${quick:---rss --sweep} \
+  --json "$out/py_bytes.json" | tee "$out/py_bytes.md"
+
 $PY bench/py_chart.py --out "$out/chart.png" "$out/py.json" "$out/c.json" "$out/c_ucontext.json"
 echo "results in $out/ (c.json, c_ucontext.json, switch.json, py.json, *.md, chart.png)"

@@ -1752,17 +1752,8 @@ PyObject *pyls_arun(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
     if (async_names_init() < 0)
         return NULL;
     PyObject *window = NULL, *engine = NULL;
-    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    for (Py_ssize_t k = 0; k < nkw; k++) {
-        PyObject *name = PyTuple_GET_ITEM(kwnames, k);
-        if (PyUnicode_CompareWithASCIIString(name, "window") == 0)
-            window = args[nargs + k];
-        else if (PyUnicode_CompareWithASCIIString(name, "engine") == 0)
-            engine = args[nargs + k];
-        else
-            return PyErr_Format(PyExc_TypeError, "arun() got an unexpected keyword argument %R",
-                                name);
-    }
+    if (pyls_run_keywords("arun", args + nargs, kwnames, &window, &engine) < 0)
+        return NULL;
     if (nargs < 1) {
         PyErr_SetString(PyExc_TypeError, "arun() missing required argument 'source' (pos 1)");
         return NULL;

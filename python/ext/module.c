@@ -45,6 +45,8 @@ static PyMethodDef module_methods[] = {
     {"run", (PyCFunction)(void (*)(void))pyls_run, METH_FASTCALL | METH_KEYWORDS, pyls_run_doc},
     {"engines", py_engines, METH_NOARGS, engines_doc},
     {"arun", (PyCFunction)(void (*)(void))pyls_arun, METH_FASTCALL | METH_KEYWORDS, pyls_arun_doc},
+    {"run_read", (PyCFunction)(void (*)(void))pyls_run_read, METH_FASTCALL | METH_KEYWORDS,
+     pyls_run_read_doc},
     {NULL},
 };
 
@@ -65,6 +67,9 @@ static int module_exec(PyObject *m)
         return -1;
     st->anext_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &pyls_anext_spec, NULL);
     if (st->anext_type == NULL)
+        return -1;
+    st->bytes_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &pyls_bytes_spec, NULL);
+    if (st->bytes_type == NULL || PyModule_AddType(m, st->bytes_type) < 0)
         return -1;
     st->marker = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
     if (st->marker == NULL)
@@ -94,6 +99,7 @@ static int module_traverse(PyObject *m, visitproc visit, void *arg)
     modstate *st = PyModule_GetState(m);
     Py_VISIT(st->iter_type);
     Py_VISIT(st->stream_type);
+    Py_VISIT(st->bytes_type);
     Py_VISIT(st->marker);
     Py_VISIT(st->marker_args);
     Py_VISIT(st->aiter_type);
@@ -107,6 +113,7 @@ static int module_clear(PyObject *m)
     modstate *st = PyModule_GetState(m);
     Py_CLEAR(st->iter_type);
     Py_CLEAR(st->stream_type);
+    Py_CLEAR(st->bytes_type);
     Py_CLEAR(st->marker);
     Py_CLEAR(st->marker_args);
     Py_CLEAR(st->aiter_type);
