@@ -2,7 +2,7 @@
  * run.c: the run state that run() and Stream share, and run() itself.  A
  * runstate holds the consumers' slots, the parsed window and engine, and
  * the core's stream; this file turns callables into C consumers
- * (consumer_entry), Python references into window items (drop_items), lets
+ * (consumer_entry), Python references into window items (pyls_drop_items), lets
  * go of the GIL while the thread engine's producer waits, opens the stream
  * on the chosen engine, pulls a source iterator into it and turns the
  * core's report into results or the exception earliest in the stream.  The
@@ -107,9 +107,8 @@ done:
     return rc;
 }
 
-/* drop_items hook: releases the references held by items leaving the
- * window.  Called on the producer's thread with the GIL held. */
-static void drop_items(void *arg, void *items, size_t count)
+/* See binding.h. */
+void pyls_drop_items(void *arg, void *items, size_t count)
 {
     (void)arg;
     PyObject **p = items;
@@ -173,9 +172,8 @@ static int parse_engine(PyObject *obj, pyengine *out)
     return -1;
 }
 
-/* Parses window= (None or an int >= 1) into *out; None leaves *out 0,
- * for the engine's default.  Returns 0 or -1. */
-static int parse_window(PyObject *obj, size_t *out)
+/* See binding.h. */
+int pyls_parse_window(PyObject *obj, size_t *out)
 {
     if (obj == NULL || obj == Py_None) {
         *out = 0;
@@ -214,7 +212,7 @@ int pyls_rs_init(runstate *rs, modstate *st, PyObject *const *consumers, size_t 
             return -1;
         }
     }
-    if (parse_window(window, &rs->window) < 0 || parse_engine(engine, &rs->engine) < 0)
+    if (pyls_parse_window(window, &rs->window) < 0 || parse_engine(engine, &rs->engine) < 0)
         return -1;
     if (rs->window == 0)
         rs->window = default_windows[rs->engine];
@@ -265,6 +263,8 @@ int pyls_rs_open(runstate *rs)
         cs[i].fn = consumer_entry;
         cs[i].arg = &rs->slots[i];
     }
+    /* A byte run (bytes.c) holds bytes; run() and Stream hold references. */
+    size_t item_size = rs->bytes ? 1 : sizeof(PyObject *);
     lockstep_options o;
     lockstep_options_init(&o);
     o.window = rs->window;
@@ -274,7 +274,7 @@ int pyls_rs_open(runstate *rs)
     switch (rs->engine) {
 #if LOCKSTEP_HAVE_GREENLET
     case ENG_GREENLET:
-        rc = lockstep__open_ops(&rs->s, &pyls_greenlet_ops, rs, sizeof(PyObject *), cs, rs->n, &o);
+        rc = lockstep__open_ops(&rs->s, &pyls_greenlet_ops, rs, item_size, cs, rs->n, &o);
         break;
 #endif
     case ENG_THREAD:
@@ -282,11 +282,11 @@ int pyls_rs_open(runstate *rs)
         rs->hook.after_wait = gil_acquire;
         o.engine = LOCKSTEP_ENGINE_THREAD;
         o.blocking = &rs->hook;
-        rc = lockstep_open(&rs->s, sizeof(PyObject *), cs, rs->n, &o);
+        rc = lockstep_open(&rs->s, item_size, cs, rs->n, &o);
         break;
     case ENG_BUFFER:
         o.engine = LOCKSTEP_ENGINE_BUFFER;
-        rc = lockstep_open(&rs->s, sizeof(PyObject *), cs, rs->n, &o);
+        rc = lockstep_open(&rs->s, item_size, cs, rs->n, &o);
         break;
     default:
         rc = LOCKSTEP_ENOTSUP;
@@ -301,8 +301,10 @@ int pyls_rs_open(runstate *rs)
         return -1;
     }
     /* Nothing has been pushed yet, so the window holds no references. */
-    rs->s->drop_items = drop_items;
-    rs->s->drop_arg = rs;
+    if (!rs->bytes) {
+        rs->s->drop_items = pyls_drop_items;
+        rs->s->drop_arg = rs;
+    }
     return 0;
 }
 
@@ -355,13 +357,21 @@ PyObject *pyls_rs_close(runstate *rs)
     (void)lockstep_close(rs->s);
     rs->busy = 0;
     rs->s = NULL;
-    const lockstep_report *r = &rs->report;
+    return pyls_outcome(&rs->report, rs->n, &rs->slots[0].result, &rs->slots[0].exc,
+                        sizeof(slot), &rs->src_exc, &rs->lib_exc);
+}
+
+/* See binding.h. */
+PyObject *pyls_outcome(const lockstep_report *r, size_t n, PyObject **results0,
+                       PyObject **excs0, size_t stride, PyObject **src_exc, PyObject **lib_exc)
+{
+#define PYLS_NTH(first, i) ((PyObject **)((char *)(first) + (i) * stride))
     if (r->failed != LOCKSTEP_FAILED_NONE || r->code != 0) {
-        PyObject **from = &rs->lib_exc;
-        if (r->failed >= 0 && (size_t)r->failed < rs->n)
-            from = &rs->slots[r->failed].exc;
+        PyObject **from = lib_exc;
+        if (r->failed >= 0 && (size_t)r->failed < n)
+            from = PYLS_NTH(excs0, (size_t)r->failed);
         else if (r->failed == LOCKSTEP_FAILED_SOURCE)
-            from = &rs->src_exc;
+            from = src_exc;
         PyObject *exc = *from;
         *from = NULL;
         if (exc == NULL)
@@ -370,14 +380,15 @@ PyObject *pyls_rs_close(runstate *rs)
         pyls_raise_exception(exc);
         return NULL;
     }
-    PyObject *results = PyTuple_New((Py_ssize_t)rs->n);
+    PyObject *results = PyTuple_New((Py_ssize_t)n);
     if (results == NULL)
         return NULL;
-    for (size_t i = 0; i < rs->n; i++) {
-        PyObject *v = rs->slots[i].result ? rs->slots[i].result : Py_None;
-        PyTuple_SET_ITEM(results, (Py_ssize_t)i, Py_NewRef(v));
+    for (size_t i = 0; i < n; i++) {
+        PyObject *v = *PYLS_NTH(results0, i);
+        PyTuple_SET_ITEM(results, (Py_ssize_t)i, Py_NewRef(v != NULL ? v : Py_None));
     }
     return results;
+#undef PYLS_NTH
 }
 
 /* ------------------------------------------------------------------------
@@ -423,6 +434,28 @@ const char pyls_run_doc[] = PyDoc_STR(
 "ValueError for window < 1 or an unknown engine, ImportError for an\n"
 "engine this installation lacks, all before any item is pulled.");
 
+/* The keyword arguments of fname (run, run_read), METH_FASTCALL style:
+ * values[k] is the value of kwnames[k].  Sets *window and *engine to those
+ * given (borrowed); returns 0, or -1 with TypeError for any other keyword. */
+int pyls_run_keywords(const char *fname, PyObject *const *values, PyObject *kwnames,
+                      PyObject **window, PyObject **engine)
+{
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t k = 0; k < nkw; k++) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, k);
+        if (PyUnicode_CompareWithASCIIString(name, "window") == 0)
+            *window = values[k];
+        else if (PyUnicode_CompareWithASCIIString(name, "engine") == 0)
+            *engine = values[k];
+        else {
+            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument %R", fname,
+                         name);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* run(iterable, /, *consumers, window=None, engine=None) */
 PyObject *pyls_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
                    PyObject *kwnames)
@@ -430,18 +463,8 @@ PyObject *pyls_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
     PyObject *window = NULL, *engine = NULL, *src = NULL, *result = NULL;
     runstate rs;
     memset(&rs, 0, sizeof rs);
-    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    for (Py_ssize_t k = 0; k < nkw; k++) {
-        PyObject *name = PyTuple_GET_ITEM(kwnames, k);
-        if (PyUnicode_CompareWithASCIIString(name, "window") == 0)
-            window = args[nargs + k];
-        else if (PyUnicode_CompareWithASCIIString(name, "engine") == 0)
-            engine = args[nargs + k];
-        else {
-            PyErr_Format(PyExc_TypeError, "run() got an unexpected keyword argument %R", name);
-            return NULL;
-        }
-    }
+    if (pyls_run_keywords("run", args + nargs, kwnames, &window, &engine) < 0)
+        return NULL;
     if (nargs < 1) {
         PyErr_SetString(PyExc_TypeError, "run() missing required argument 'iterable' (pos 1)");
         return NULL;

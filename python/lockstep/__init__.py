@@ -10,8 +10,14 @@ core (its scheduler, window and cancellation rules) into the module.
 
 run(iterable, *consumers, window=None, engine=None) -> tuple
     Each consumer is any callable taking one iterator.  See help(lockstep.run).
+await arun(source, *consumers, window=None, engine=None) -> tuple
+    The same for async code: async sources, async def consumers, under
+    asyncio, uvloop and trio.  See help(lockstep.arun).
 Stream(*consumers, window=None, engine=None)
     The push side, for callback-driven sources.  See help(lockstep.Stream).
+run_bytes(source, *consumers, window=None, engine=None) -> tuple
+    Byte streams: each consumer takes a binary file object (hashlib.file_digest,
+    tarfile, gzip, pickle.load...).  See help(lockstep.run_bytes).
 engines() -> tuple
     Engines usable here, best first; engine=None picks the first:
     'greenlet' when greenlet imports, else 'thread', else 'buffer'.
@@ -37,6 +43,8 @@ from ._lockstep import (
     engines,
     run,
 )
+
+from ._lockstep import AsyncIterator, arun  # lockstep.arun: async sources and consumers
 
 __version__ = "0.1.0"
 # --------------------------------------------------------------------------
@@ -109,3 +117,10 @@ if not HAVE_GREENLET_ENGINE and _sys.implementation.name != "pypy":
 
 __all__ = ["run", "Stream", "Iterator", "engines", "DEFAULT_WINDOW", "DEFAULT_WINDOWS", "MAX_WINDOW", "__version__"]
 __all__ += ["build_info"]  # lockstep.build_info(), above
+
+# Byte streams (issue 13): run_bytes and the reader it hands each consumer.
+from ._bytes import DEFAULT_BYTES_WINDOW, Reader, run_bytes  # noqa: E402
+from ._lockstep import ByteIterator  # noqa: E402
+
+__all__ += ["run_bytes", "Reader", "ByteIterator", "DEFAULT_BYTES_WINDOW"]
+__all__ += ["arun", "AsyncIterator"]  # lockstep.arun (python/ext/async.c)
