@@ -550,7 +550,9 @@ static PyType_Slot anext_slots[] = {
     {Py_tp_iter, PyObject_SelfIter},
     {Py_tp_iternext, anext_iternext},
     {Py_am_await, aiter_self},
+#if PY_VERSION_HEX >= 0x030A0000 /* before: tp_iternext and send (pycompat.h) */
     {Py_am_send, anext_send},
+#endif
     {Py_tp_methods, anext_methods},
     {0, NULL},
 };
@@ -1586,7 +1588,9 @@ static PyType_Slot arun_slots[] = {
     {Py_tp_iter, PyObject_SelfIter},
     {Py_tp_iternext, arun_iternext},
     {Py_am_await, arun_await},
+#if PY_VERSION_HEX >= 0x030A0000 /* before: tp_iternext and send (pycompat.h) */
     {Py_am_send, arun_am_send},
+#endif
     {Py_tp_methods, arun_methods},
     {Py_tp_repr, arun_repr},
     {0, NULL},

@@ -47,4 +47,39 @@ static inline int lockstep__py_add_object_ref(PyObject *m, const char *name, PyO
 #  define PyModule_AddObjectRef lockstep__py_add_object_ref
 #endif
 
+/* PySendResult and PyIter_Send (3.10): sends arg into iter (None: next()),
+ * returning PYGEN_NEXT with the yielded value, PYGEN_RETURN with the
+ * return value (StopIteration's), or PYGEN_ERROR with *presult NULL and an
+ * exception set.  Before 3.10 the types lack am_send (async.c leaves that
+ * slot out), so this goes through tp_iternext or the send method. */
+#if PY_VERSION_HEX < 0x030A0000
+typedef enum { PYGEN_RETURN = 0, PYGEN_ERROR = -1, PYGEN_NEXT = 1 } PySendResult;
+
+static inline PySendResult lockstep__py_iter_send(PyObject *iter, PyObject *arg,
+                                                  PyObject **presult)
+{
+    PyObject *r = arg == Py_None && PyIter_Check(iter)
+                      ? Py_TYPE(iter)->tp_iternext(iter)
+                      : PyObject_CallMethod(iter, "send", "O", arg);
+    *presult = r;
+    if (r != NULL)
+        return PYGEN_NEXT;
+    if (!PyErr_Occurred()) {
+        *presult = Py_NewRef(Py_None);
+        return PYGEN_RETURN;
+    }
+    if (!PyErr_ExceptionMatches(PyExc_StopIteration))
+        return PYGEN_ERROR;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    *presult = value != NULL ? PyObject_GetAttrString(value, "value") : Py_NewRef(Py_None);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    return *presult != NULL ? PYGEN_RETURN : PYGEN_ERROR;
+}
+#  define PyIter_Send lockstep__py_iter_send
+#endif
+
 #endif /* LOCKSTEP_PYCOMPAT_H */
