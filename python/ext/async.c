@@ -34,6 +34,10 @@
  */
 #include "binding.h"
 
+/* PyPy's C-API layer lacks what arun is built on (am_send, the contextvars
+ * C API): no arun there (module.c and lockstep/__init__.py leave it out). */
+#ifndef PYPY_VERSION
+
 #if LOCKSTEP_HAVE_GREENLET
 #  include "greenlet.h"
 #endif
@@ -1796,3 +1800,5 @@ fail:
     Py_DECREF(self);
     return NULL;
 }
+
+#endif /* !PYPY_VERSION */

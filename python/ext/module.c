@@ -44,7 +44,9 @@ static PyObject *py_engines(PyObject *module, PyObject *unused)
 static PyMethodDef module_methods[] = {
     {"run", (PyCFunction)(void (*)(void))pyls_run, METH_FASTCALL | METH_KEYWORDS, pyls_run_doc},
     {"engines", py_engines, METH_NOARGS, engines_doc},
+#ifndef PYPY_VERSION /* async.c says why */
     {"arun", (PyCFunction)(void (*)(void))pyls_arun, METH_FASTCALL | METH_KEYWORDS, pyls_arun_doc},
+#endif
     {"run_read", (PyCFunction)(void (*)(void))pyls_run_read, METH_FASTCALL | METH_KEYWORDS,
      pyls_run_read_doc},
     {NULL},
@@ -80,6 +82,7 @@ static int module_exec(PyObject *m)
     st->stream_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &pyls_stream_spec, NULL);
     if (st->stream_type == NULL || PyModule_AddType(m, st->stream_type) < 0)
         return -1;
+#ifndef PYPY_VERSION
     st->aiter_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &pyls_aiter_spec, NULL);
     if (st->aiter_type == NULL || PyModule_AddType(m, st->aiter_type) < 0)
         return -1;
@@ -89,6 +92,7 @@ static int module_exec(PyObject *m)
     st->anext_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &pyls_anext_spec, NULL);
     if (st->anext_type == NULL)
         return -1;
+#endif
     st->bytes_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &pyls_bytes_spec, NULL);
     if (st->bytes_type == NULL || PyModule_AddType(m, st->bytes_type) < 0)
         return -1;

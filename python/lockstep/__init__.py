@@ -44,7 +44,10 @@ from ._lockstep import (
     run,
 )
 
-from ._lockstep import AsyncIterator, arun  # lockstep.arun: async sources and consumers
+try:  # lockstep.arun: async sources and consumers; not on PyPy (python/ext/async.c)
+    from ._lockstep import AsyncIterator, arun
+except ImportError:
+    pass
 
 __version__ = "0.1.0"
 # --------------------------------------------------------------------------
@@ -123,4 +126,5 @@ from ._bytes import DEFAULT_BYTES_WINDOW, Reader, run_bytes  # noqa: E402
 from ._lockstep import ByteIterator  # noqa: E402
 
 __all__ += ["run_bytes", "Reader", "ByteIterator", "DEFAULT_BYTES_WINDOW"]
-__all__ += ["arun", "AsyncIterator"]  # lockstep.arun (python/ext/async.c)
+if "arun" in globals():  # not on PyPy
+    __all__ += ["arun", "AsyncIterator"]  # lockstep.arun (python/ext/async.c)
