@@ -48,9 +48,10 @@ from typing import Any, Callable, NamedTuple
 def _use_tree_lockstep():
     """Prefer this source tree's in-place build of lockstep (python/lockstep)
     when there is one, as the tests do, and make worker processes import the
-    same one: LocalCluster starts its workers from this process, so they
-    inherit its environment, PYTHONPATH included.  Outside a built tree this
-    does nothing and `import lockstep` finds the installed copy."""
+    same one.  LocalCluster spawns them from this process: multiprocessing
+    hands them this sys.path, and PYTHONPATH reaches any process they start
+    in turn.  Outside a built tree this does nothing, and `import lockstep`
+    finds the installed copy."""
     tree = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python")
     if not glob.glob(os.path.join(tree, "lockstep", "_lockstep*.so")):
         return
