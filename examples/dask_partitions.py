@@ -304,37 +304,34 @@ def show(r):
         print(f"distinct clients: {len(r['clients'])}")
 
 
-def timed(fn, repeat):
-    """fn() `repeat` times: (its last result, the list of wall times in s)."""
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t0)
-    return result, times
-
-
 def compare(paths, aggs, engine, repeat):
     """Time one process against LocalClusters of 1 and 2 worker processes on
-    the same files; check every way gives the same tuple."""
-    print(f"\n{len(paths)} files, {repeat} runs each (wall time of the computation; "
-          f"cluster start-up apart), load average {os.getloadavg()[0]:.2f}:")
-    reference, times = timed(lambda: compute_here(paths, aggs, engine), repeat)
-    rows = [("one process, lockstep.run over all files", times, None)]
-    for n in (1, 2):
-        t0 = time.perf_counter()
-        with start_cluster(n) as client:
-            started = time.perf_counter() - t0
-            result, times = timed(lambda: compute(client, paths, aggs, engine), repeat)
-        if result != reference:
-            raise AssertionError(f"{n} worker(s) disagree with one process")
-        rows.append((f"LocalCluster, {n} worker process{'es' if n > 1 else ''}", times, started))
-    base = statistics.median(rows[0][1])
-    for name, times, started in rows:
-        med = statistics.median(times)
-        extra = f"  (start-up {started:.1f} s)" if started is not None else ""
-        print(f"  {name:44} median {med:6.2f} s  [{min(times):.2f}-{max(times):.2f}]"
-              f"  speed-up {base / med:4.2f}x{extra}")
+    the same files, and check that all three give the same tuple.  Both
+    clusters run for the whole comparison, and every round times the three
+    ways one after the other, so that a change of load on a shared machine
+    hits them alike; the speed-ups are medians of each round's ratios."""
+    ways = [("one process, lockstep.run over all files", lambda: compute_here(paths, aggs, engine))]
+    t0 = time.perf_counter()
+    with start_cluster(1) as one, start_cluster(2) as two:
+        started = time.perf_counter() - t0
+        for name, client in (("LocalCluster, 1 worker process", one), ("LocalCluster, 2 worker processes", two)):
+            ways.append((name, functools.partial(compute, client, paths, aggs, engine)))
+        print(f"\n{len(paths)} files, {repeat} rounds (wall time of the computation; the two "
+              f"clusters started in {started:.1f} s), load average {os.getloadavg()[0]:.1f}:")
+        times = [[] for _ in ways]
+        for _ in range(repeat):
+            results = []
+            for (_, fn), t in zip(ways, times):
+                t0 = time.perf_counter()
+                results.append(fn())
+                t.append(time.perf_counter() - t0)
+            if any(r != results[0] for r in results):
+                raise AssertionError("the clusters disagree with one process")
+    for (name, _), t in zip(ways, times):
+        speedup = statistics.median(a / b for a, b in zip(times[0], t))
+        print(f"  {name:42} median {statistics.median(t):6.2f} s  [{min(t):.2f}-{max(t):.2f}]"
+              f"  speed-up {speedup:4.2f}x")
+    print(f"  load average afterwards {os.getloadavg()[0]:.1f}")
 
 
 def main(argv=None):
@@ -346,7 +343,7 @@ def main(argv=None):
     ap.add_argument("--engine", choices=lockstep.engines(), help="lockstep engine (default: the best)")
     ap.add_argument("--compare", action="store_true",
                     help="also time one process against 1 and 2 worker processes")
-    ap.add_argument("--repeat", type=int, default=3, help="runs per timing with --compare (default 3)")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds with --compare (default 3)")
     args = ap.parse_args(argv)
 
     aggs = aggregates(args.heavy)
