@@ -246,8 +246,12 @@ def start_cluster(n_workers):
     RuntimeError if a worker imports another lockstep than this process."""
     from distributed import Client, LocalCluster
 
+    # dashboard_address=None turns the dashboard off; the scheduler still
+    # serves health checks over HTTP, on a free loopback port rather than 8787,
+    # which another cluster on this machine may hold.
     with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                      host="127.0.0.1", dashboard_address=None) as cluster, \
+                      host="127.0.0.1", dashboard_address=None,
+                      scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}) as cluster, \
             Client(cluster) as client:
         here = os.path.realpath(lockstep.__file__)
         there = client.run(lambda: os.path.realpath(__import__("lockstep").__file__))
@@ -304,37 +308,49 @@ def show(r):
         print(f"distinct clients: {len(r['clients'])}")
 
 
+def cpu_seconds(client=None):
+    """The CPU time (user + system, in s) this process has used, or with a
+    client, the sum of what its workers' processes have used."""
+    if client is None:
+        return sum(os.times()[:2])
+    return sum(client.run(lambda: sum(os.times()[:2])).values())
+
+
 def compare(paths, aggs, engine, repeat):
     """Time one process against LocalClusters of 1 and 2 worker processes on
     the same files, and check that all three give the same tuple.  Both
     clusters run for the whole comparison, and every round times the three
     ways one after the other, so that a change of load on a shared machine
-    hits them alike; the speed-ups are medians of each round's ratios."""
-    ways = [("one process, lockstep.run over all files", lambda: compute_here(paths, aggs, engine))]
+    hits them alike; the speed-ups are medians of each round's ratios.  The
+    CPU time is the computing processes': this one, or the workers."""
     t0 = time.perf_counter()
     with start_cluster(1) as one, start_cluster(2) as two:
         started = time.perf_counter() - t0
+        ways = [("one process, lockstep.run over all files", None,
+                 lambda: compute_here(paths, aggs, engine))]
         for name, client in (("LocalCluster, 1 worker process", one), ("LocalCluster, 2 worker processes", two)):
-            ways.append((name, functools.partial(compute, client, paths, aggs, engine)))
-        print(f"\n{len(paths)} files, {repeat} rounds (wall time of the computation; the two "
-              f"clusters started in {started:.1f} s), load average {os.getloadavg()[0]:.1f}:")
-        times = [[] for _ in ways]
+            ways.append((name, client, functools.partial(compute, client, paths, aggs, engine)))
+        print(f"\n{len(paths)} files, {repeat} rounds (the two clusters started in {started:.1f} s), "
+              f"load average {os.getloadavg()[0]:.1f}:")
+        wall, cpu = [[] for _ in ways], [[] for _ in ways]
         for _ in range(repeat):
             results = []
-            for (_, fn), t in zip(ways, times):
-                t0 = time.perf_counter()
+            for (_, client, fn), w, c in zip(ways, wall, cpu):
+                c0, t0 = cpu_seconds(client), time.perf_counter()
                 results.append(fn())
-                t.append(time.perf_counter() - t0)
+                w.append(time.perf_counter() - t0)
+                c.append(cpu_seconds(client) - c0)
             if any(r != results[0] for r in results):
                 raise AssertionError("the clusters disagree with one process")
-    for (name, _), t in zip(ways, times):
-        speedup = statistics.median(a / b for a, b in zip(times[0], t))
-        print(f"  {name:42} median {statistics.median(t):6.2f} s  [{min(t):.2f}-{max(t):.2f}]"
-              f"  speed-up {speedup:4.2f}x")
+    for (name, _, _), w, c in zip(ways, wall, cpu):
+        speedup = statistics.median(a / b for a, b in zip(wall[0], w))
+        print(f"  {name:42} wall median {statistics.median(w):6.2f} s [{min(w):.2f}-{max(w):.2f}]"
+              f"  speed-up {speedup:4.2f}x  CPU median {statistics.median(c):5.2f} s")
     print(f"  load average afterwards {os.getloadavg()[0]:.1f}")
 
 
 def main(argv=None):
+    """The command: see --help."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--files", type=int, default=8, help="log files, one partition each (default 8)")
     ap.add_argument("--lines", type=int, default=20_000, help="lines per file (default 20000)")

@@ -59,6 +59,7 @@ ex = load_example()
 
 @pytest.fixture(scope="module")
 def logs(tmp_path_factory):
+    """FILES generated log files of LINES lines each."""
     return ex.make_logs(str(tmp_path_factory.mktemp("logs")), FILES, LINES)
 
 
@@ -66,14 +67,33 @@ def logs(tmp_path_factory):
 def client():
     """A Client on 2 worker processes that import this lockstep and the
     example; after the module, checks that closing the cluster ended every
-    worker process."""
+    process it started (multiprocessing's resource tracker, shared by the
+    whole session, stays until this process exits)."""
+    before = children()
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(EXAMPLES)
         with ex.start_cluster(2) as c:
-            pids = list(c.run(os.getpid).values())
+            workers = set(c.run(os.getpid).values())
+            assert workers <= children()
             yield c
-    alive = [p for p in pids if psutil.pid_exists(p)]
-    assert not alive, f"worker processes left after closing the cluster: {alive}"
+    left = {p for p in children() - before if not resource_tracker(p)}
+    assert not left, f"processes left after closing the cluster: {left}"
+
+
+def children():
+    """The pids of this process's descendants, zombies included."""
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def resource_tracker(pid):
+    """Whether pid is multiprocessing's resource tracker; False for a zombie,
+    True for a process gone meanwhile (it was no stray)."""
+    try:
+        return "multiprocessing.resource_tracker" in " ".join(psutil.Process(pid).cmdline())
+    except psutil.ZombieProcess:
+        return False
+    except psutil.NoSuchProcess:
+        return True
 
 
 def test_two_real_worker_processes(client):
