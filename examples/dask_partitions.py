@@ -102,6 +102,7 @@ def count(lines):
 def over(field, consumer):
     """The consumer applied to one field of every line: over(status, Counter)."""
     def consume(lines):
+        """consumer(field of each line)."""
         return consumer(map(field, lines))
     consume.__name__ = f"{getattr(consumer, '__name__', 'consumer')}_of_{field.__name__}"
     return consume
@@ -183,6 +184,7 @@ def aggregate(results, combines, empty):
     """Combine partitions' result tuples, given in partition order, column by
     column; `empty` (the results of no lines) when there is none."""
     def pair(a, b):
+        """Two result tuples combined; a's lines come before b's."""
         return tuple(c(x, y) for c, x, y in zip(combines, a, b))
     return functools.reduce(pair, results, empty)
 

@@ -15,6 +15,7 @@ greenlet in this process only, and ENGINES (what this process can run) picks
 what the workers run.  Skipped when dask or distributed is missing, except in
 CI (CI set in the environment), where that is an error.
 """
+import collections
 import importlib.util
 import os
 import statistics
@@ -25,6 +26,7 @@ import pytest
 from conftest import ENGINES
 
 try:
+    import dask.bag  # noqa: F401
     import distributed  # noqa: F401
     import psutil
 except ImportError:
@@ -97,6 +99,7 @@ def resource_tracker(pid):
 
 
 def test_two_real_worker_processes(client):
+    """Two worker processes, not this one, importing this lockstep."""
     info = client.run(lambda: (os.getpid(), os.path.realpath(__import__("lockstep").__file__)))
     pids = {pid for pid, _ in info.values()}
     assert len(pids) == 2 and os.getpid() not in pids
@@ -105,6 +108,7 @@ def test_two_real_worker_processes(client):
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_cluster_equals_one_pass(client, logs, engine):
+    """One streamed partition per file, every aggregate, each engine."""
     aggs = ex.aggregates(heavy=True)
     combined = ex.compute(client, logs, aggs, engine)
     assert combined == ex.compute_here(logs, aggs, engine)
@@ -144,5 +148,4 @@ def test_empty_files(client, tmp_path):
 
 @pytest.mark.parametrize("values", [[5], [1, 3], [4, 1, 4, 2], [7, 7, 7], [2, 9, 9, 1, 5]])
 def test_median_of_histogram(values):
-    import collections
     assert ex.median_of_histogram(collections.Counter(values)) == statistics.median(values)
