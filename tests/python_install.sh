@@ -55,13 +55,15 @@ fresh_copy() {
     tar -C "$1" -xf -
 }
 
-# install NAME [ENV...]: a fresh virtualenv $tmp/NAME with `pip install .`
-# from a fresh copy, ENV set for the build.  Prints nothing unless pip fails;
+# install NAME [ENV...]: a fresh virtualenv $tmp/NAME in which the user has
+# installed greenlet (an optional run-time dependency: the user had
+# it), then `pip install .` from a fresh copy, ENV set for the build.  Prints nothing unless pip fails;
 # the verbose log, which holds setup.py's own lines, is $tmp/NAME.log.
 install() {
   local name=$1; shift
   fresh_copy "$tmp/$name-src"
   "$python" -m venv "$tmp/$name"
+  "$tmp/$name/bin/python" -m pip install -q --disable-pip-version-check "greenlet==$GREENLET_PIN"
   if ! env "$@" "$tmp/$name/bin/python" -m pip install -v --disable-pip-version-check \
          "$tmp/$name-src" >"$tmp/$name.log" 2>&1; then
     cat "$tmp/$name.log" >&2
@@ -69,6 +71,9 @@ install() {
     exit 1
   fi
 }
+
+# The greenlet a user has at run time; any release in pyproject's range does.
+GREENLET_PIN=3.1.1
 
 passed=0
 # check NAME CODE: runs CODE in venv NAME, from outside the source tree, with
