@@ -12,6 +12,7 @@
 #ifndef LOCKSTEP_INTERNAL_H
 #define LOCKSTEP_INTERNAL_H
 
+#include "fpmode.h"
 #include "lockstep.h"
 
 #include <stdatomic.h>
@@ -128,6 +129,10 @@ struct lockstep_stream {
     lockstep_source_fn source;
     void *source_arg;
     int source_done;
+
+    /* The caller's floating-point control modes when the stream was
+     * opened: every consumer starts with them (fpmode.h). */
+    lockstep__fpmode fpmode;
 
     lockstep_options opts;
 };
