@@ -2,8 +2,8 @@
 
 The metadata lives in pyproject.toml; this file only describes the C
 extension, which compiles the lockstep core (src/*.c) together with the
-binding (python/lockstep/_lockstep.c), so the module needs no installed
-liblockstep.  The fiber engine is compiled with LOCKSTEP_FORCE_UCONTEXT (no
+binding (python/ext/*.c, one file per responsibility, sharing
+python/ext/binding.h), so the module needs no installed liblockstep.  The fiber engine is compiled with LOCKSTEP_FORCE_UCONTEXT (no
 assembly to build; Python never runs consumers on raw fibers anyway).  The
 greenlet engine is compiled in when greenlet's C header is found
 (python-greenlet-dev on Debian, or the greenlet wheel's own copy); set
@@ -43,15 +43,19 @@ GREENLET_INC = greenlet_include()
 if GREENLET_INC is None:
     print("lockstep: greenlet.h not found; building without the greenlet engine", file=sys.stderr)
 
+# The binding's files (python/ext/binding.h says what each holds).
+BINDING = ["python/ext/module.c", "python/ext/iterator.c", "python/ext/greenlet_engine.c",
+           "python/ext/run.c", "python/ext/stream.c"]
+
 ext = Extension(
     "lockstep._lockstep",
-    sources=["python/lockstep/_lockstep.c", "src/core.c", "src/engine_fiber.c",
-             "src/engine_buffer.c", "src/engine_thread.c", "src/fiber.c"],
-    include_dirs=["include", "src"] + ([GREENLET_INC] if GREENLET_INC else []),
+    sources=BINDING + ["src/core.c", "src/engine_fiber.c", "src/engine_buffer.c",
+                       "src/engine_thread.c", "src/fiber.c"],
+    include_dirs=["include", "src", "python/ext"] + ([GREENLET_INC] if GREENLET_INC else []),
     define_macros=[("_GNU_SOURCE", None), ("LOCKSTEP_FORCE_UCONTEXT", None),
                    ("LOCKSTEP_NO_GUARD_HANDLER", None),
                    ("LOCKSTEP_HAVE_GREENLET", "1" if GREENLET_INC else "0")],
-    depends=["include/lockstep.h", "src/internal.h", "src/fiber.h"],
+    depends=["include/lockstep.h", "src/internal.h", "src/fiber.h", "python/ext/binding.h"],
     extra_compile_args=["-std=gnu11", "-fvisibility=hidden", "-Wall", "-Wextra",
                         "-Wno-unused-parameter", "-Wno-missing-field-initializers",
                         "-Wno-cast-function-type"],

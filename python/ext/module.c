@@ -1,0 +1,129 @@
+/*
+ * module.c: the module lockstep._lockstep itself: its definition and
+ * state (the Iterator and Stream types, the greenlet marker), engines(),
+ * the constants (DEFAULT_WINDOW, DEFAULT_WINDOWS, MAX_WINDOW,
+ * core_version, HAVE_GREENLET_ENGINE) and PyInit__lockstep, the one
+ * exported symbol.  run() lives in run.c, the types in iterator.c and
+ * stream.c.
+ */
+#include "binding.h"
+
+PyDoc_STRVAR(engines_doc,
+"engines($module, /)\n--\n\n"
+"Return the engines usable here, best first; engine=None picks the first.");
+
+static PyObject *py_engines(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+    PyObject *names = PyList_New(0);
+    if (names == NULL)
+        return NULL;
+    for (int e = 0; e < ENG_COUNT_; e++) {
+        int ok = e == ENG_GREENLET ? pyls_greenlet_load() == 0
+                 : e == ENG_THREAD ? pyls_thread_available()
+                                   : 1;
+        if (e == ENG_GREENLET)
+            PyErr_Clear();
+        if (!ok)
+            continue;
+        PyObject *name = PyUnicode_FromString(pyls_engine_names[e]);
+        if (name == NULL || PyList_Append(names, name) < 0) {
+            Py_XDECREF(name);
+            Py_DECREF(names);
+            return NULL;
+        }
+        Py_DECREF(name);
+    }
+    PyObject *tuple = PyList_AsTuple(names);
+    Py_DECREF(names);
+    return tuple;
+}
+
+static PyMethodDef module_methods[] = {
+    {"run", (PyCFunction)(void (*)(void))pyls_run, METH_FASTCALL | METH_KEYWORDS, pyls_run_doc},
+    {"engines", py_engines, METH_NOARGS, engines_doc},
+    {NULL},
+};
+
+static int module_exec(PyObject *m)
+{
+    modstate *st = PyModule_GetState(m);
+    st->iter_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &pyls_iter_spec, NULL);
+    if (st->iter_type == NULL || PyModule_AddType(m, st->iter_type) < 0)
+        return -1;
+    st->stream_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &pyls_stream_spec, NULL);
+    if (st->stream_type == NULL || PyModule_AddType(m, st->stream_type) < 0)
+        return -1;
+    st->marker = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
+    if (st->marker == NULL)
+        return -1;
+    st->marker_args = PyTuple_Pack(1, st->marker);
+    if (st->marker_args == NULL)
+        return -1;
+    PyObject *windows = Py_BuildValue("{snsnsn}", "greenlet", (Py_ssize_t)PYLOCKSTEP_WINDOW_GREENLET,
+                                      "thread", (Py_ssize_t)PYLOCKSTEP_WINDOW_THREAD, "buffer",
+                                      (Py_ssize_t)PYLOCKSTEP_WINDOW_BUFFER);
+    if (windows == NULL)
+        return -1;
+    int added = PyModule_AddObjectRef(m, "DEFAULT_WINDOWS", windows);
+    Py_DECREF(windows);
+    if (added < 0)
+        return -1;
+    if (PyModule_AddIntConstant(m, "DEFAULT_WINDOW", PYLOCKSTEP_WINDOW_GREENLET) < 0 ||
+        PyModule_AddIntConstant(m, "MAX_WINDOW", (long)LOCKSTEP_MAX_WINDOW) < 0 ||
+        PyModule_AddStringConstant(m, "core_version", lockstep_version_string()) < 0 ||
+        PyModule_AddIntConstant(m, "HAVE_GREENLET_ENGINE", LOCKSTEP_HAVE_GREENLET) < 0)
+        return -1;
+    return 0;
+}
+
+static int module_traverse(PyObject *m, visitproc visit, void *arg)
+{
+    modstate *st = PyModule_GetState(m);
+    Py_VISIT(st->iter_type);
+    Py_VISIT(st->stream_type);
+    Py_VISIT(st->marker);
+    Py_VISIT(st->marker_args);
+    return 0;
+}
+
+static int module_clear(PyObject *m)
+{
+    modstate *st = PyModule_GetState(m);
+    Py_CLEAR(st->iter_type);
+    Py_CLEAR(st->stream_type);
+    Py_CLEAR(st->marker);
+    Py_CLEAR(st->marker_args);
+    return 0;
+}
+
+static void module_free(void *m)
+{
+    (void)module_clear(m);
+}
+
+static PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, module_exec},
+    {0, NULL},
+};
+
+PyDoc_STRVAR(module_doc,
+"lockstep._lockstep: the C binding of the lockstep core (see the lockstep package).");
+
+static struct PyModuleDef lockstep_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "lockstep._lockstep",
+    .m_doc = module_doc,
+    .m_size = sizeof(modstate),
+    .m_methods = module_methods,
+    .m_slots = module_slots,
+    .m_traverse = module_traverse,
+    .m_clear = module_clear,
+    .m_free = module_free,
+};
+
+PyMODINIT_FUNC PyInit__lockstep(void)
+{
+    return PyModuleDef_Init(&lockstep_module);
+}
