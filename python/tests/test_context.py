@@ -17,11 +17,6 @@ import pytest
 
 import lockstep
 
-# Until the binding gives each consumer its copy (it waits for the binding
-# split), these tests record the fault instead of failing the suite.
-pytestmark = pytest.mark.xfail(reason="issue 14: the binding part lands after the binding split",
-                               strict=False)
-
 VAR = contextvars.ContextVar("lockstep_test_var", default="default")
 N = 50
 WINDOWS = [1, 3, None]
