@@ -9,6 +9,7 @@
  */
 #include "check.h"
 #include "counter_source.h"
+#include "engine_arg.h"
 #include "push_chunks.h"
 #include "internal.h" /* lockstep__fault_arm, for the allocation-failure test */
 #include "lockstep.h"
@@ -943,17 +944,9 @@ static void test_errors_and_version(void)
 
 int main(int argc, char **argv)
 {
-    const char *name = argc > 1 ? argv[1] : "fiber";
-    int found = 0;
-    for (int e = 0; e < LOCKSTEP_ENGINE_COUNT_; e++)
-        if (strcmp(name, lockstep_engine_name((lockstep_engine)e)) == 0) {
-            engine = (lockstep_engine)e;
-            found = 1;
-        }
-    if (!found) {
-        fprintf(stderr, "usage: %s fiber|thread|buffer\n", argv[0]);
+    const char *name;
+    if (!engine_from_args(argc, argv, &engine, &name))
         return 2;
-    }
     is_buffer = engine == LOCKSTEP_ENGINE_BUFFER;
     if (!lockstep_engine_available(engine)) {
         lockstep_consumer ok[1] = {{return_at_once, NULL}};

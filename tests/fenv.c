@@ -11,7 +11,9 @@
  * MXCSR on x86-64, the FPCR on aarch64), so both registers are covered.
  */
 #include "check.h"
+#include "engine_arg.h"
 #include "lockstep.h"
+#include "rounding.h"
 
 #include <fenv.h>
 #include <stdint.h>
@@ -20,29 +22,6 @@
 static lockstep_engine engine;
 
 #define N_ITEMS 1000
-
-/* ------------------------------------------------------------------------
- * Reading the mode.
- * ------------------------------------------------------------------------ */
-
-static volatile double third = 1.0 / 3.0, seven_tenths = 0.7;
-
-/* The rounding mode double-to-float conversions use: the nearest float to
- * 1/3 lies above it and the nearest to 0.7 below, which tells FE_TONEAREST,
- * FE_UPWARD and FE_DOWNWARD apart (FE_TOWARDZERO rounds both down, as
- * FE_DOWNWARD does for positive values; -1 for anything else). */
-static int conversion_mode(void)
-{
-    volatile float a = (float)third, b = (float)seven_tenths;
-    int a_up = (double)a > third, b_up = (double)b > seven_tenths;
-    if (a_up && !b_up)
-        return FE_TONEAREST;
-    if (a_up && b_up)
-        return FE_UPWARD;
-    if (!a_up && !b_up)
-        return FE_DOWNWARD;
-    return -1;
-}
 
 /* Returns 1 when the calling thread's mode is mode, by both readings. */
 static int mode_is(int mode)
@@ -193,17 +172,9 @@ static void test_push(size_t window)
 
 int main(int argc, char **argv)
 {
-    const char *name = argc > 1 ? argv[1] : "fiber";
-    int found = 0;
-    for (int e = 0; e < LOCKSTEP_ENGINE_COUNT_; e++)
-        if (strcmp(name, lockstep_engine_name((lockstep_engine)e)) == 0) {
-            engine = (lockstep_engine)e;
-            found = 1;
-        }
-    if (!found) {
-        fprintf(stderr, "usage: %s fiber|thread|buffer\n", argv[0]);
+    const char *name;
+    if (!engine_from_args(argc, argv, &engine, &name))
         return 2;
-    }
     if (!lockstep_engine_available(engine)) {
         printf("engine %s is not available in this build\n", name);
         return 0;
