@@ -17,7 +17,6 @@
 
 #include <fenv.h>
 #include <stdint.h>
-#include <string.h>
 
 static lockstep_engine engine;
 
