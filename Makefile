@@ -2,9 +2,12 @@
 #
 #   make          build the library, tests, examples, benchmarks (build/) and
 #                 the Python extension (python/lockstep/)
-#   make demo     answer the original question and show the speed
-#   make test     every test: ctest on a release build and on sanitizer builds,
-#                 valgrind, the ucontext and aarch64 switch paths, and Python
+#   make demo     answer the original question and show the speed and memory
+#   make test     the quick legs (a few minutes): release ctest, Python with
+#                 and without greenlet, ASan+UBSan (gcc)
+#   make test-all the whole matrix, which CI runs: the quick legs, then clang
+#                 ASan+UBSan, TSan, ucontext, valgrind, aarch64, the fuzzer
+#                 and a Python install from PyPI in a fresh virtualenv
 #   make bench    the full benchmark suite (QUICK=1 for a smoke run)
 #   make install  install into PREFIX (default /usr/local)
 #
@@ -37,21 +40,41 @@ python:
 	@$(DEPS) python
 	$(PYTHON) -W ignore setup.py -q build_ext --inplace
 
-demo: build python
+# The build is quiet: its output goes to build/demo-build.log, which is
+# printed only when the build fails.  Packages are installed (loudly) first.
+DEMO_LOG = build/demo-build.log
+demo:
+	@$(DEPS) build python
+	@mkdir -p build
+	@echo "== Building (log: $(DEMO_LOG)) =="
+	@$(MAKE) --no-print-directory build python >$(DEMO_LOG) 2>&1 || \
+	  { cat $(DEMO_LOG); echo "make demo: the build failed; its log is above and in $(DEMO_LOG)" >&2; exit 1; }
+	@echo
 	@echo "== The question: sum and max of iter(range(1, 1000)), one pass, one iterator =="
 	@./build/examples/sum_max
 	@echo
 	@echo "== How fast, in C (N = 10^7 int64, sum and max) =="
 	@./build/bench/bench_c --demo
 	@echo
-	@echo "== The same question in Python =="
+	@echo "== The same question in Python: time and peak memory =="
 	@PYTHONPATH=python $(PYTHON) examples/sum_max.py
 
-# The whole matrix.  Each leg is also a target of its own.
-TEST_LEGS = test-release test-python test-asan test-asan-clang test-tsan test-ucontext test-valgrind test-aarch64 test-fuzz
+# make test: the legs a developer runs many times a day, a few minutes on a
+# fresh clone (docs/TESTING.md has the figure).  make test-all: every leg,
+# for CI and before a release.  Both run their legs through scripts/legs.sh,
+# which times each, keeps going after a failure and ends with a table and
+# the line "N passed, N failed".  Each leg is also a target of its own.  To
+# add a leg to test-all, put one line beside its target:
+#   TEST_ALL_LEGS += test-foo
+TEST_LEGS = test-release test-python test-asan
+TEST_ALL_LEGS = $(TEST_LEGS) test-asan-clang test-tsan test-ucontext test-valgrind test-aarch64 test-fuzz
+.PHONY: test-all test-install
 
-test: $(TEST_LEGS)
-	@echo "make test: every leg passed ($(TEST_LEGS))"
+test:
+	@MAKE="$(MAKE)" scripts/legs.sh $(TEST_LEGS)
+
+test-all:
+	@MAKE="$(MAKE)" scripts/legs.sh $(TEST_ALL_LEGS)
 
 test-release: build
 	cd build && ctest --output-on-failure -j $(JOBS)
@@ -100,7 +123,7 @@ test-aarch64:
 	$(call cmake_build,build-aarch64,RelWithDebInfo,-DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake -DLOCKSTEP_BUILD_BENCH=OFF)
 	cd build-aarch64 && LOCKSTEP_TEST_SCALE=4 ctest --output-on-failure -j $(JOBS)
 
-# The libFuzzer schedule fuzzer (clang, ASan+UBSan).  make test runs a
+# The libFuzzer schedule fuzzer (clang, ASan+UBSan).  make test-all runs a
 # 60-second smoke; make fuzz FUZZ_TIME=600 runs longer.  New inputs go to
 # build-fuzz/corpus, crashes to build-fuzz/artifacts.
 FUZZ_TIME ?= 60
@@ -110,6 +133,14 @@ fuzz test-fuzz:
 	mkdir -p build-fuzz/corpus build-fuzz/artifacts
 	ASAN_OPTIONS=detect_leaks=1 ./build-fuzz/tests/fuzz_schedule_libfuzzer -max_total_time=$(FUZZ_TIME) \
 	  -timeout=10 -print_final_stats=1 -artifact_prefix=build-fuzz/artifacts/ build-fuzz/corpus tests/fuzz_corpus
+
+# pip install . in fresh virtualenvs, with build isolation from PyPI, as a
+# user installs: the greenlet engine must be there, and a build without it
+# must warn once.  Slow (downloads, two compiles), hence only in test-all.
+TEST_ALL_LEGS += test-install
+test-install:
+	@$(DEPS) python venv
+	tests/python_install.sh
 
 bench: build python
 	@$(DEPS) bench

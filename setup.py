@@ -28,9 +28,12 @@ def greenlet_include():
     candidates = [os.path.join(sysconfig.get_paths()["include"], "greenlet"),
                   os.path.join(sys.prefix, "include", "site",
                                f"python{sys.version_info[0]}.{sys.version_info[1]}", "greenlet")]
+    # The importable greenlet's own directory comes first: in an isolated
+    # build that is pyproject.toml's build requirement, whose wheel ships
+    # greenlet.h there, and it matches the greenlet the module will run with.
     try:
         import greenlet
-        candidates.append(os.path.dirname(greenlet.__file__))
+        candidates.insert(0, os.path.dirname(greenlet.__file__))
     except ImportError:
         pass
     for d in candidates:
@@ -42,6 +45,8 @@ def greenlet_include():
 GREENLET_INC = greenlet_include()
 if GREENLET_INC is None:
     print("lockstep: greenlet.h not found; building without the greenlet engine", file=sys.stderr)
+else:  # tests/python_install.sh checks where an isolated build found it
+    print(f"lockstep: greenlet engine built with {GREENLET_INC}/greenlet.h", file=sys.stderr)
 
 # The binding's files (python/ext/binding.h says what each holds).
 BINDING = ["python/ext/module.c", "python/ext/iterator.c", "python/ext/greenlet_engine.c",

@@ -18,6 +18,12 @@ engines() -> tuple
 DEFAULT_WINDOWS, DEFAULT_WINDOW
     Items handed over at once when window=None, per engine ({'greenlet':
     512, 'thread': 2048, 'buffer': 512}), and the greenlet engine's.
+build_info() -> dict
+    How the module was built and what it finds at run time.  'greenlet' is
+    among engines() only when the greenlet engine was compiled in (greenlet.h
+    found at build time: build_info()['greenlet_engine']) and greenlet
+    imports.  A module built without it while greenlet imports warns once,
+    at import, naming the fix.
 """
 
 from ._lockstep import (
@@ -33,5 +39,70 @@ from ._lockstep import (
 )
 
 __version__ = "0.1.0"
+# --------------------------------------------------------------------------
+# How this module was built.  The greenlet engine is compiled in only when
+# greenlet's C header was found at build time; a module built without it
+# still works (engine=None picks threads), but several times slower, so a
+# module that lacks the engine while greenlet imports says so once, here, at
+# import, and build_info() tells the rest.
+# --------------------------------------------------------------------------
+
+import warnings as _warnings
+
+
+def _greenlet_version():
+    """greenlet's version when `import greenlet` works here, else None."""
+    try:
+        import greenlet
+    except ImportError:
+        return None
+    return getattr(greenlet, "__version__", "unknown")
+
+
+def _greenlet_engine_warning(greenlet_version):
+    """For a module built without the greenlet engine: the warning to give when
+    greenlet (greenlet_version, None if it does not import) is installed."""
+    if greenlet_version is None:
+        return None
+    return (f"lockstep was built without its greenlet engine, although greenlet "
+            f"{greenlet_version} is installed: greenlet.h was not found at build time (or "
+            f"LOCKSTEP_NO_GREENLET_BUILD was set), so engine=None uses threads, several "
+            f"times slower.  Fix: rebuild with greenlet's header available, e.g. "
+            f"`pip install --force-reinstall --no-cache-dir .` from the source tree "
+            f"(build isolation installs greenlet, which ships greenlet.h), or on Debian "
+            f"`apt install python-greenlet-dev` and rebuild.  See lockstep.build_info().")
+
+
+def build_info():
+    """How this lockstep module was built, and what it finds at run time.
+
+    Returns a dict:
+      version          the package version
+      core_version     the C core compiled into the extension
+      greenlet_engine  True when the greenlet engine was compiled in (greenlet.h
+                       found at build time)
+      greenlet         the version of greenlet importable now, or None
+      engines          lockstep.engines(): the engines usable now, best first
+      extension        the path of the compiled extension module
+    """
+    from . import _lockstep
+    return {
+        "version": __version__,
+        "core_version": core_version,
+        "greenlet_engine": bool(HAVE_GREENLET_ENGINE),
+        "greenlet": _greenlet_version(),
+        "engines": engines(),
+        "extension": _lockstep.__file__,
+    }
+
+
+# Only a module without the engine imports greenlet here; stacklevel=2 names
+# the importer's `import lockstep` line (the warnings module skips importlib).
+if not HAVE_GREENLET_ENGINE:
+    _message = _greenlet_engine_warning(_greenlet_version())
+    if _message is not None:
+        _warnings.warn(_message, RuntimeWarning, stacklevel=2)
+    del _message
 
 __all__ = ["run", "Stream", "Iterator", "engines", "DEFAULT_WINDOW", "DEFAULT_WINDOWS", "MAX_WINDOW", "__version__"]
+__all__ += ["build_info"]  # lockstep.build_info(), above

@@ -38,6 +38,21 @@ def engines() -> Tuple[EngineName, ...]:
     """The engines usable here, best first."""
     ...
 
+# How the module was built (python/lockstep/__init__.py).
+from typing import TypedDict
+
+class _BuildInfo(TypedDict):
+    version: str
+    core_version: str
+    greenlet_engine: bool
+    greenlet: Optional[str]
+    engines: Tuple[EngineName, ...]
+    extension: str
+
+def build_info() -> _BuildInfo:
+    """How this module was built (greenlet engine compiled in?) and what it finds now."""
+    ...
+
 class Stream:
     """The push side: feed items with push/extend, get results at close."""
     def __init__(
