@@ -58,6 +58,9 @@ demo:
 	@echo
 	@echo "== The same question in Python: time and peak memory =="
 	@PYTHONPATH=python $(PYTHON) examples/sum_max.py
+	@echo
+	@echo "== Bytes: one pass over a tarball on a pipe (examples/onepass.c) =="
+	@tar czf - src include | ./build/examples/onepass
 
 # make test: the legs a developer runs many times a day, a few minutes on a
 # fresh clone (docs/TESTING.md has the figure).  make test-all: every leg,

@@ -5,8 +5,10 @@
  * with memory bounded by a window of items instead of the stream's length.
  * A consumer is an ordinary function that loops over lockstep_next() until
  * it returns NULL; nobody rewrites it as a callback.  The stream comes either
- * from a source function (lockstep_run) or from a producer that pushes items
- * as they arrive (lockstep_open / lockstep_push / lockstep_close).
+ * from a source function (lockstep_run, or lockstep_run_read for a bulk
+ * source such as a pipe) or from a producer that pushes items as they arrive
+ * (lockstep_open / lockstep_push / lockstep_close).  Byte streams and other
+ * small items are read in spans with lockstep_take and lockstep_read.
  *
  * Conventions, in the manner of libuv: every name starts with lockstep_ or
  * LOCKSTEP_, library errors are negative LOCKSTEP_E* codes generated from
@@ -129,7 +131,7 @@ typedef struct {
  */
 typedef struct {
     lockstep_engine engine;   /* LOCKSTEP_ENGINE_FIBER by default */
-    size_t window;            /* items per window; 0 = the engine's default (LOCKSTEP_DEFAULT_*WINDOW), 1 = strict lockstep */
+    size_t window;            /* items per window; 0 = the engine's default for the item size (LOCKSTEP_DEFAULT_*), 1 = strict lockstep */
     size_t stack_size;        /* fiber or thread stack in bytes; 0 = LOCKSTEP_DEFAULT_STACK_SIZE */
     lockstep_report *report;  /* optional: filled in when the run ends */
     const lockstep_blocking_hook *blocking; /* optional, thread engine only */
@@ -138,12 +140,18 @@ typedef struct {
 
 #define LOCKSTEP_OPTIONS_INIT {LOCKSTEP_ENGINE_FIBER, 0, 0, NULL, NULL, {NULL, NULL, NULL, NULL}}
 
-/* Default windows, chosen by the window sweep (make bench; docs/DESIGN.md).
+/* Default windows, chosen by the window sweeps (make bench; docs/DESIGN.md).
  * A thread hand-off costs microseconds where a fiber switch costs
  * nanoseconds, so the thread engine needs a larger window to amortise it.
- * lockstep_report.window tells which one a run used. */
+ * The window is a count of items, bounded by a byte budget: items smaller
+ * than 8 bytes (bytes, characters, read in bulk) get the whole budget
+ * (64 KiB of bytes on fibers, 1 MiB on threads), larger ones the item count
+ * but no more than the budget (4096-byte items: 16 on fibers, 256 on
+ * threads).  lockstep_report.window tells which window a run used. */
 #define LOCKSTEP_DEFAULT_WINDOW 256
 #define LOCKSTEP_DEFAULT_THREAD_WINDOW 4096
+#define LOCKSTEP_DEFAULT_WINDOW_BYTES ((size_t)64 * 1024)
+#define LOCKSTEP_DEFAULT_THREAD_WINDOW_BYTES ((size_t)1024 * 1024)
 /* Default stack for a fiber or consumer thread: 256 KiB, of which only the
  * pages a consumer touches cost memory. */
 #define LOCKSTEP_DEFAULT_STACK_SIZE (256u * 1024u)
@@ -203,6 +211,50 @@ static inline const void *lockstep__next_inline(lockstep_iter *it)
 #ifndef LOCKSTEP_NO_INLINE
 #  define lockstep_next(it) lockstep__next_inline(it)
 #endif
+
+/*
+ * Bulk access, for byte streams and other small items.  lockstep_next,
+ * lockstep_take and lockstep_read share one cursor per consumer and may be
+ * mixed freely.
+ *
+ * lockstep_take returns up to max contiguous items at this consumer's
+ * cursor, at least 1 and never past the end of what the window holds now,
+ * and sets *count to how many.  They are consumed, and stay valid until
+ * this consumer's next call.  It returns NULL with *count = 0 at the end of
+ * the stream, when cancelled (lockstep_cancelled tells), on misuse, and
+ * when max is 0 (then nothing is consumed).  No copy: a parser's read
+ * callback can hand the pointer straight on.
+ */
+LOCKSTEP_API const void *lockstep_take(lockstep_iter *it, size_t max, size_t *count);
+
+/*
+ * Copies up to max items into buf, like read(2): returns how many (at least
+ * 1), or 0 at the end, when cancelled (lockstep_cancelled tells), on misuse
+ * or when max is 0.  A short count is normal: it never waits for more once
+ * it has one item.
+ */
+LOCKSTEP_API size_t lockstep_read(lockstep_iter *it, void *buf, size_t max);
+
+/*
+ * A bulk source: writes 1..max items (item_size bytes each) to items and
+ * returns how many, returns 0 at the end of the stream, or a negative code
+ * on failure, passed through to the caller of lockstep_run_read unchanged.
+ * A short count is normal (a pipe returns what it has): the items it
+ * returned are handed to the consumers before it is called again.
+ */
+typedef long (*lockstep_read_fn)(void *arg, void *items, size_t max);
+
+/*
+ * lockstep_run for a bulk source: the same guarantees on every engine and
+ * window (order, early exit with at most window - 1 items read past the
+ * last consumer's stop, the deterministic outcome with a failure's position
+ * counted in items, cancellation, bad input, allocation failure).  read
+ * writes straight into the window, so items are copied once.  A count over
+ * max is a source failure with code LOCKSTEP_EINVAL at that position.
+ */
+LOCKSTEP_API int lockstep_run_read(lockstep_read_fn read, void *read_arg, size_t item_size,
+                                   const lockstep_consumer *consumers, size_t n_consumers,
+                                   const lockstep_options *options);
 
 /* Returns 1 when lockstep_next returned NULL because the run was cancelled
  * (some consumer or the source failed), 0 otherwise. */

@@ -4,13 +4,16 @@
 # on a prepared one.  Usage: scripts/deps.sh GROUP...  (groups below).
 set -euo pipefail
 
+# build: libarchive, libxml2, zlib and OpenSSL are test dependencies only
+# (tests/bytes_readers.c, examples/onepass.c); lockstep itself needs none.
+# bench: Go runs bench_bytes's io.Pipe row.
 declare -A PKG_GROUPS=(
-  [build]="build-essential cmake pkg-config"
+  [build]="build-essential cmake pkg-config libarchive-dev libxml2-dev zlib1g-dev libssl-dev"
   [sanitize]="clang libclang-rt-14-dev valgrind"
   [venv]="python3-venv"
   [python]="python3-dev python3-pytest python3-greenlet python-greenlet-dev python3-setuptools python3-pip"
   [cross]="gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user"
-  [bench]="python3-matplotlib python3-uvloop python3-greenlet libboost-context-dev"
+  [bench]="python3-matplotlib python3-uvloop python3-greenlet libboost-context-dev golang-go"
 )
 
 missing=()

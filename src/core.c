@@ -197,6 +197,45 @@ const void *lockstep__next_slow(lockstep_iter *it)
     return it->stream->ops->next_slow(it);
 }
 
+/* One call of the slow path at most: the rest of the range the consumer
+ * holds, or the next item and the range after it.  Both are contiguous in
+ * the window (or the thread engine's segment), and the engine keeps them
+ * until the consumer's next call. */
+const void *lockstep_take(lockstep_iter *it, size_t max, size_t *count)
+{
+    if (count != NULL)
+        *count = 0;
+    if (NEVER(it == NULL || count == NULL) || max == 0)
+        return NULL;
+    const unsigned char *first = it->head.cur;
+    if (first < it->head.end)
+        it->head.cur += it->head.item_size;
+    else if ((first = lockstep__next_slow(it)) == NULL)
+        return NULL;
+    /* The range left after the first item.  Items are usually bytes: no
+     * division for them. */
+    size_t size = it->head.item_size;
+    size_t left = (size_t)(it->head.end - it->head.cur);
+    if (size != 1)
+        left /= size;
+    size_t more = max - 1 < left ? max - 1 : left;
+    it->head.cur += more * size;
+    *count = more + 1;
+    return first;
+}
+
+/* lockstep_take, then a copy. */
+size_t lockstep_read(lockstep_iter *it, void *buf, size_t max)
+{
+    size_t count;
+    if (NEVER(buf == NULL))
+        return 0;
+    const void *items = lockstep_take(it, max, &count);
+    if (items != NULL)
+        memcpy(buf, items, count * it->head.item_size);
+    return count;
+}
+
 int lockstep_cancelled(const lockstep_iter *it) { return it != NULL && it->cancelled; }
 
 uint64_t lockstep_position(const lockstep_iter *it) { return it ? lockstep__iter_pos(it) : 0; }
@@ -279,12 +318,28 @@ void lockstep__coop_destroy(lockstep_stream *s)
 /* Largest window in bytes: anything past this is a typo, not a plan. */
 #define LOCKSTEP__MAX_WINDOW_BYTES ((size_t)1 << 40)
 
-/* The window a run uses: the caller's, else the engine's default. */
-static size_t default_window(const lockstep__engine_ops *ops, const lockstep_options *o)
+/* Items below this size get the engine's whole byte budget by default:
+ * they are bytes or characters, read in bulk (lockstep_take), where a
+ * window costs a read call and a few switches and its bytes a copy each,
+ * so the window must be large in bytes (the bulk sweep in docs/DESIGN.md).
+ * From 8 bytes up the item counts measured for int64 stay, capped by the
+ * budget so that large items do not make windows of megabytes. */
+#define LOCKSTEP__SMALL_ITEM 8
+
+/* The window a run uses: the caller's, else the engine's default for
+ * items of item_size bytes (see LOCKSTEP_DEFAULT_WINDOW_BYTES). */
+static size_t default_window(const lockstep__engine_ops *ops, const lockstep_options *o,
+                             size_t item_size)
 {
     if (o->window != 0)
         return o->window;
-    return ops->default_window ? ops->default_window : LOCKSTEP_DEFAULT_WINDOW;
+    size_t items = ops->default_window ? ops->default_window : LOCKSTEP_DEFAULT_WINDOW;
+    size_t bytes = ops->default_window_bytes ? ops->default_window_bytes
+                                             : LOCKSTEP_DEFAULT_WINDOW_BYTES;
+    size_t budget = item_size != 0 && bytes / item_size > 0 ? bytes / item_size : 1;
+    if (item_size < LOCKSTEP__SMALL_ITEM)
+        return budget;
+    return items < budget ? items : budget;
 }
 
 /* Checks everything lockstep_open is given, before anything is allocated. */
@@ -298,7 +353,7 @@ static int validate(const lockstep__engine_ops *ops, size_t item_size,
     for (size_t i = 0; i < n; i++)
         if (consumers[i].fn == NULL)
             return LOCKSTEP_EINVAL;
-    size_t window = default_window(ops, o);
+    size_t window = default_window(ops, o, item_size);
     if (window > LOCKSTEP_MAX_WINDOW || item_size > LOCKSTEP__MAX_WINDOW_BYTES / window)
         return LOCKSTEP_EINVAL;
     if (o->stack_size != 0 &&
@@ -354,7 +409,7 @@ int lockstep__open_ops(lockstep_stream **out, const lockstep__engine_ops *ops, v
     s->engine_arg = engine_arg;
     s->opts = *options;
     s->item_size = item_size;
-    s->window = default_window(ops, options);
+    s->window = default_window(ops, options, item_size);
     s->n = n;
     s->live = n;
     s->backward = 1; /* round_begin flips it: consumers start in index order */
@@ -505,10 +560,33 @@ void lockstep__source_stopped(lockstep_stream *s, int rc)
     }
 }
 
-/* See internal.h. */
+/* See internal.h.  One test per window chooses the bulk path. */
 int lockstep__fill_window(lockstep_stream *s)
 {
+    if (s->read_fn != NULL)
+        return lockstep__fill_read_with(s, s->read_fn, s->read_arg);
     return lockstep__fill_window_with(s, s->source, s->source_arg);
+}
+
+/* See internal.h. */
+int lockstep__read_one(void *arg, void *item)
+{
+    lockstep_stream *s = arg;
+    return lockstep__read_code(s->read_fn(s->read_arg, item, 1), 1);
+}
+
+/* Opens a stream for lockstep_run or lockstep_run_read; have_fn says
+ * whether the source function is not NULL.  Returns 0 or the code to
+ * return. */
+static int open_pull(lockstep_stream **s, int have_fn, size_t item_size,
+                     const lockstep_consumer *consumers, size_t n_consumers,
+                     const lockstep_options *options)
+{
+    if (!have_fn) {
+        write_report(options, LOCKSTEP_EINVAL, LOCKSTEP_FAILED_LIBRARY, 0, 0, 0);
+        return LOCKSTEP_EINVAL;
+    }
+    return lockstep_open(s, item_size, consumers, n_consumers, options);
 }
 
 int lockstep_run(lockstep_source_fn source, void *source_arg, size_t item_size,
@@ -516,13 +594,21 @@ int lockstep_run(lockstep_source_fn source, void *source_arg, size_t item_size,
                  const lockstep_options *options)
 {
     lockstep_stream *s;
-    if (source == NULL) {
-        write_report(options, LOCKSTEP_EINVAL, LOCKSTEP_FAILED_LIBRARY, 0, 0, 0);
-        return LOCKSTEP_EINVAL;
-    }
-    int rc = lockstep_open(&s, item_size, consumers, n_consumers, options);
+    int rc = open_pull(&s, source != NULL, item_size, consumers, n_consumers, options);
     if (rc < 0)
         return rc;
     lockstep__pull_with(s, source, source_arg);
+    return lockstep_close(s);
+}
+
+int lockstep_run_read(lockstep_read_fn read, void *read_arg, size_t item_size,
+                      const lockstep_consumer *consumers, size_t n_consumers,
+                      const lockstep_options *options)
+{
+    lockstep_stream *s;
+    int rc = open_pull(&s, read != NULL, item_size, consumers, n_consumers, options);
+    if (rc < 0)
+        return rc;
+    lockstep__pull_read_with(s, read, read_arg);
     return lockstep_close(s);
 }

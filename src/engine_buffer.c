@@ -27,9 +27,12 @@ static int buffer_open(lockstep_stream *s)
     return 0;
 }
 
-/* The array is full: double it.  Items are never handed over early. */
+/* The array is full: double it.  Items are never handed over early.  A
+ * bulk source dispatches after every read, full or not: then it waits. */
 static int buffer_grow(lockstep_stream *s)
 {
+    if (s->filled < s->cap)
+        return 0;
     if (s->cap > SIZE_MAX / 2 / s->item_size)
         return LOCKSTEP_ENOMEM;
     unsigned char *grown = lockstep__realloc(s->win, s->cap * 2 * s->item_size);

@@ -861,6 +861,7 @@ static int thread_check_producer(const lockstep_stream *s)
 const lockstep__engine_ops lockstep__engine_thread = {
     .name = "thread",
     .default_window = LOCKSTEP_DEFAULT_THREAD_WINDOW,
+    .default_window_bytes = LOCKSTEP_DEFAULT_THREAD_WINDOW_BYTES,
     .concurrent = 1,
     .open = thread_open,
     .dispatch = thread_dispatch,

@@ -129,6 +129,11 @@ struct lockstep_stream {
     lockstep_source_fn source;
     void *source_arg;
     int source_done;
+    /* Bulk pull mode (lockstep_run_read): the read function that fills the
+     * window, NULL otherwise.  source is then lockstep__read_one over it,
+     * so that paths filling one item at a time need no second case. */
+    lockstep_read_fn read_fn;
+    void *read_arg;
 
     /* The caller's floating-point control modes when the stream was
      * opened: every consumer starts with them (fpmode.h). */
@@ -140,6 +145,7 @@ struct lockstep_stream {
 struct lockstep__engine_ops {
     const char *name;
     size_t default_window;           /* for window 0; 0 means LOCKSTEP_DEFAULT_WINDOW */
+    size_t default_window_bytes;     /* its byte budget; 0 means LOCKSTEP_DEFAULT_WINDOW_BYTES */
     int concurrent;                  /* consumers run while the producer does (threads) */
     /* Allocates engine state, and starts every consumer so that it runs up
      * to its first lockstep_next.  Returns 0 or a negative code, having freed
@@ -275,10 +281,47 @@ LOCKSTEP__HOT int lockstep__fill_one_with(lockstep_stream *s, lockstep_source_fn
     return 1;
 }
 
-/* The same from s->source, out of line (src/core.c): inlined into an
+/* The same from s->source (or, in bulk mode, s->read_fn: see
+ * lockstep__fill_read_with), out of line (src/core.c): inlined into an
  * engine's slow path, the loop kept that function's registers spilled
  * around every source call. */
 int lockstep__fill_window(lockstep_stream *s);
+
+/* What a bulk read's return value got (items asked: max) means as a source
+ * code: 0 at the end, the read's own negative code (LOCKSTEP_EINVAL when it
+ * does not fit an int), or LOCKSTEP_EINVAL for a count over max. */
+static inline int lockstep__read_code(long got, size_t max)
+{
+    if (got == 0)
+        return 0;
+    if (got < 0)
+        return got < -0x7fffffffL ? LOCKSTEP_EINVAL : (int)got;
+    return (unsigned long)got > max ? LOCKSTEP_EINVAL : 1;
+}
+
+/* A lockstep_source_fn over the stream's read_fn (arg is the stream): one
+ * item per call, for the paths that fill a window of one item. */
+int lockstep__read_one(void *arg, void *item);
+
+/* Bulk pull mode: ONE read call into the window's free room.  Items that
+ * arrived are handed over before the next call (lockstep_read_fn), so a
+ * pipe's data flows as it comes, and a read is made only when some
+ * consumer asked for the first item it may return: the window bounds it,
+ * as the per-item loop's one-at-a-time reads do.  Returns 1 when items
+ * arrived (dispatch them), 0 when the source ended or failed. */
+LOCKSTEP__HOT int lockstep__fill_read_with(lockstep_stream *s, lockstep_read_fn read,
+                                           void *read_arg)
+{
+    size_t room = s->cap - s->filled;
+    long got = read(read_arg, s->win + s->filled * s->item_size, room);
+    if (got <= 0 || (unsigned long)got > room) {
+        lockstep__source_stopped(s, lockstep__read_code(got, room));
+        return 0;
+    }
+    s->read += (uint64_t)got;
+    s->filled += (size_t)got;
+    return 1;
+}
 
 /* lockstep_run's loop: makes s pull from source, then fills the window and
  * hands it over until the source stops or no consumer wants more.  A
@@ -292,6 +335,25 @@ LOCKSTEP__HOT void lockstep__pull_with(lockstep_stream *s, lockstep_source_fn so
     s->source_arg = source_arg;
     while (lockstep__wanted(s) && !s->source_done) {
         if (!lockstep__fill_window_with(s, source, source_arg) || lockstep__dispatch(s) < 0)
+            return;
+    }
+}
+
+/* lockstep_run_read's loop, lockstep__pull_with for a bulk source: a read
+ * into the window, then a dispatch, until the source stops or no consumer
+ * wants more.  A cooperative engine's consumers refill the window
+ * themselves (lockstep__round_again, or lockstep__round_again_read_with
+ * for a binding's own read function).  Inlined, so that a binding's
+ * constant read function is a direct call. */
+LOCKSTEP__HOT void lockstep__pull_read_with(lockstep_stream *s, lockstep_read_fn read,
+                                            void *read_arg)
+{
+    s->read_fn = read;
+    s->read_arg = read_arg;
+    s->source = lockstep__read_one;
+    s->source_arg = s;
+    while (lockstep__wanted(s) && !s->source_done) {
+        if (!lockstep__fill_read_with(s, read, read_arg) || lockstep__dispatch(s) < 0)
             return;
     }
 }
@@ -498,6 +560,17 @@ LOCKSTEP__HOT lockstep_iter *lockstep__round_again_with(lockstep_stream *s,
     int full = s->cap == 1 ? lockstep__fill_one_with(s, source, source_arg)
                            : lockstep__fill_window_with(s, source, source_arg);
     return full ? lockstep__round_begin(s) : NULL;
+}
+
+/* lockstep__round_again_with for a bulk source (lockstep__pull_read_with):
+ * one read into the emptied window, whatever its size. */
+LOCKSTEP__HOT lockstep_iter *lockstep__round_again_read_with(lockstep_stream *s,
+                                                           lockstep_read_fn read,
+                                                           void *read_arg)
+{
+    if (!lockstep__round_end_to_refill(s) || !lockstep__fill_read_with(s, read, read_arg))
+        return NULL;
+    return lockstep__round_begin(s);
 }
 
 /* The same from s->source.  A window of one item is filled inline (one

@@ -8,13 +8,14 @@
  * model of strict lockstep and with the buffer engine (the oracle).
  */
 #include "check.h"
-#include "counter_source.h"
 #include "engine_arg.h"
+#include "counter_source.h"
 #include "push_chunks.h"
 #include "internal.h" /* lockstep__fault_arm, for the allocation-failure test */
 #include "lockstep.h"
 
 #include <inttypes.h>
+#include <limits.h>
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -33,11 +34,23 @@ static int is_buffer; /* the buffer engine is exempt from the pull bound */
  * ------------------------------------------------------------------------ */
 
 enum { SUM, STOP_AT, FAIL_AT, NEST_AT };
+/* How a scripted consumer asks for items: lockstep_next, lockstep_take or
+ * lockstep_read, up to `chunk` at a time, or a mix of all three. */
+enum { BY_NEXT, BY_TAKE, BY_READ, BY_MIX, BY_COUNT };
+#define READ_CHUNK_MAX 16
+/* How a test feeds the stream: lockstep_run, lockstep_push or
+ * lockstep_run_read. */
+enum { FEED_RUN, FEED_PUSH, FEED_READ, FEED_COUNT };
+static const char *const feed_names[FEED_COUNT] = {"run", "push", "run_read"};
+
 
 typedef struct {
     int kind;
     uint64_t k;     /* STOP_AT/FAIL_AT/NEST_AT: after receiving k items */
     int fail_code;
+    int by;         /* BY_* */
+    size_t chunk;   /* BY_TAKE/BY_READ/BY_MIX: items asked per call */
+    int64_t buf[READ_CHUNK_MAX];
     /* observed */
     int64_t sum, max;
     uint64_t count;
@@ -53,6 +66,32 @@ static void script_init(script *sc, int kind, uint64_t k, int fail_code)
     sc->k = k;
     sc->fail_code = fail_code;
     sc->max = INT64_MIN;
+    sc->chunk = 1;
+}
+
+/* Asks for the next items the script's way, never past its scripted stop
+ * (k), and returns them with *got set (NULL and 0 when there are none). */
+static const int64_t *script_pull(lockstep_iter *it, script *sc, size_t *got)
+{
+    size_t max = sc->chunk;
+    int limited = sc->kind == STOP_AT || sc->kind == FAIL_AT || (sc->kind == NEST_AT && !sc->nest_rc);
+    if (limited && sc->k > sc->count && sc->k - sc->count < max)
+        max = (size_t)(sc->k - sc->count);
+    int by = sc->by == BY_MIX ? (int)(sc->count % 3) : sc->by;
+    if (by == BY_READ && max > READ_CHUNK_MAX)
+        max = READ_CHUNK_MAX;
+    switch (by) {
+    case BY_TAKE:
+        return lockstep_take(it, max, got);
+    case BY_READ:
+        *got = lockstep_read(it, sc->buf, max);
+        return *got ? sc->buf : NULL;
+    default: {
+        const int64_t *item = lockstep_next(it);
+        *got = item != NULL;
+        return item;
+    }
+    }
 }
 
 static int sum_max_consumer(lockstep_iter *it, void *arg);
@@ -88,18 +127,23 @@ static int sum_max_consumer(lockstep_iter *it, void *arg)
         }
         if (sc->kind == NEST_AT && sc->count == sc->k && sc->nest_rc == 0)
             sc->nest_rc = nested_run() ? -1 : 1;
-        const int64_t *item = lockstep_next(it);
-        if (item == NULL) {
+        size_t got;
+        const int64_t *items = script_pull(it, sc, &got);
+        if (items == NULL) {
             sc->saw_cancel = lockstep_cancelled(it);
             sc->saw_end = !sc->saw_cancel;
             break;
         }
-        if ((uint64_t)*item != sc->count || lockstep_position(it) != sc->count + 1)
+        if (lockstep_position(it) != sc->count + got)
             sc->order_errors++;
-        sc->sum += *item;
-        if (*item > sc->max)
-            sc->max = *item;
-        sc->count++;
+        for (size_t i = 0; i < got; i++) {
+            if ((uint64_t)items[i] != sc->count)
+                sc->order_errors++;
+            sc->sum += items[i];
+            if (items[i] > sc->max)
+                sc->max = items[i];
+            sc->count++;
+        }
     }
     sc->returned = 1;
     return 0;
@@ -207,12 +251,7 @@ static void check_against_model(const script *sc, size_t count, const counter_so
 
 static lockstep_options opts(size_t window, lockstep_report *rep)
 {
-    lockstep_options o;
-    lockstep_options_init(&o);
-    o.engine = engine;
-    o.window = window;
-    o.report = rep;
-    return o;
+    return engine_opts(engine, window, rep);
 }
 
 /* The original question: sum and max of 1..999 in one pass. */
@@ -610,6 +649,343 @@ static void test_bad_input(void)
     (void)s;
 }
 
+/* ------------------------------------------------------------------------
+ * Bulk access: lockstep_take, lockstep_read, lockstep_run_read.
+ * ------------------------------------------------------------------------ */
+
+/* What a span checker saw: items must be contiguous positions, and no take
+ * may return more than the window. */
+typedef struct {
+    size_t window;      /* the run's window (items) */
+    size_t max;         /* items asked per take */
+    uint64_t count;
+    size_t largest;     /* largest take */
+    long errors;
+} span_check;
+
+static int take_spans(lockstep_iter *it, void *arg)
+{
+    span_check *c = arg;
+    size_t got;
+    const int64_t *items;
+    while ((items = lockstep_take(it, c->max, &got)) != NULL) {
+        if (got == 0 || got > c->max || (c->window && got > c->window))
+            c->errors++;
+        for (size_t i = 0; i < got; i++)
+            if ((uint64_t)items[i] != c->count + i)
+                c->errors++;
+        c->count += got;
+        if (got > c->largest)
+            c->largest = got;
+        if (lockstep_position(it) != c->count)
+            c->errors++;
+    }
+    if (got != 0)
+        c->errors++;
+    return 0;
+}
+
+/* Mixes next, take and read on one cursor, and checks the edges: max 0
+ * consumes nothing, NULL arguments return nothing. */
+static int mixed_access(lockstep_iter *it, void *arg)
+{
+    span_check *c = arg;
+    int64_t buf[5];
+    for (uint64_t round = 0;; round++) {
+        size_t got = 0;
+        const int64_t *items;
+        uint64_t before = lockstep_position(it);
+        CHECK(lockstep_take(it, 0, &got) == NULL && got == 0);
+        CHECK_EQ(lockstep_read(it, buf, 0), 0);
+        CHECK(lockstep_take(it, 3, NULL) == NULL);
+        CHECK_EQ(lockstep_read(it, NULL, 3), 0);
+        CHECK_EQ(lockstep_position(it), before);
+        switch (round % 3) {
+        case 0:
+            items = lockstep_next(it);
+            got = items != NULL;
+            break;
+        case 1:
+            items = lockstep_take(it, 4, &got);
+            break;
+        default:
+            got = lockstep_read(it, buf, 5);
+            items = got ? buf : NULL;
+            break;
+        }
+        if (items == NULL)
+            break;
+        for (size_t i = 0; i < got; i++)
+            if ((uint64_t)items[i] != c->count + i)
+                c->errors++;
+        c->count += got;
+    }
+    /* After the end, every access keeps returning nothing. */
+    size_t got = 1;
+    CHECK(lockstep_next(it) == NULL);
+    CHECK(lockstep_take(it, 9, &got) == NULL && got == 0);
+    CHECK_EQ(lockstep_read(it, buf, 5), 0);
+    return 0;
+}
+
+static void test_take_and_read(void)
+{
+    CHECK(lockstep_take(NULL, 1, NULL) == NULL);
+    size_t got = 7;
+    CHECK(lockstep_take(NULL, 1, &got) == NULL && got == 0);
+    CHECK_EQ(lockstep_read(NULL, &got, 1), 0);
+    static const size_t windows[] = {1, 7, 4096, 0};
+    for (size_t w = 0; w < sizeof windows / sizeof windows[0]; w++) {
+        for (int feed = FEED_RUN; feed <= FEED_READ; feed += FEED_READ - FEED_RUN) {
+            lockstep_report rep;
+            lockstep_options o = opts(windows[w], &rep);
+            size_t bound = is_buffer ? 0 : windows[w]; /* buffer: the whole stream */
+            span_check c[3] = {{bound, SIZE_MAX, 0, 0, 0},
+                               {bound, 3, 0, 0, 0},
+                               {0, 0, 0, 0, 0}};
+            lockstep_consumer cs[3] = {{take_spans, &c[0]}, {take_spans, &c[1]},
+                                       {mixed_access, &c[2]}};
+            counter_source src = counter(1000);
+            int rc = feed == FEED_READ
+                         ? lockstep_run_read(counter_read, &src, sizeof(int64_t), cs, 3, &o)
+                         : lockstep_run(counter_pull, &src, sizeof(int64_t), cs, 3, &o);
+            CHECK_EQ(rc, 0);
+            for (int i = 0; i < 3; i++) {
+                CHECK_EQ(c[i].count, 1000);
+                CHECK_EQ(c[i].errors, 0);
+            }
+            CHECK(c[1].largest <= 3);
+            /* A per-item source fills whole windows (the thread engine's
+             * segments are a quarter of it): one take gets several. */
+            if (feed == FEED_RUN && windows[w] == 7 && !is_buffer)
+                CHECK(c[0].largest > 1);
+            if (is_buffer)
+                CHECK_EQ(c[0].largest, 1000);
+            CHECK_EQ(rep.items_read, 1000);
+        }
+    }
+}
+
+/* Sums bytes it reads, `chunk` at a time, and stops after `stop` of them. */
+typedef struct {
+    size_t chunk;
+    uint64_t stop;
+    uint64_t count, sum;
+} byte_reader;
+
+static int read_bytes(lockstep_iter *it, void *arg)
+{
+    byte_reader *r = arg;
+    unsigned char buf[64];
+    while (r->count < r->stop) {
+        size_t want = r->chunk < sizeof buf ? r->chunk : sizeof buf;
+        if (want > r->stop - r->count)
+            want = (size_t)(r->stop - r->count);
+        size_t got = lockstep_read(it, buf, want);
+        if (got == 0)
+            break;
+        for (size_t i = 0; i < got; i++)
+            r->sum += buf[i];
+        r->count += got;
+    }
+    return 0;
+}
+
+/* Bytes i % 251, forever or up to limit; counts what it produced. */
+typedef struct {
+    uint64_t next, limit, produced;
+    long bad_count; /* when nonzero: return this many once, whatever max is */
+} byte_source;
+
+static long byte_read(void *arg, void *items, size_t max)
+{
+    byte_source *b = arg;
+    if (b->bad_count != 0 && b->next >= 100) {
+        long bad = b->bad_count;
+        b->bad_count = 0;
+        return bad;
+    }
+    if (b->next >= b->limit)
+        return 0;
+    size_t n = max;
+    if (n > b->limit - b->next)
+        n = (size_t)(b->limit - b->next);
+    for (size_t i = 0; i < n; i++)
+        ((unsigned char *)items)[i] = (unsigned char)((b->next + i) % 251);
+    b->next += n;
+    b->produced += n;
+    return (long)n;
+}
+
+static uint64_t byte_sum(uint64_t n)
+{
+    uint64_t s = 0;
+    for (uint64_t i = 0; i < n; i++)
+        s += i % 251;
+    return s;
+}
+
+/* A consumer that stops reading returns and detaches: the others go on to
+ * the end, on every engine and window (the Go io.Pipe + MultiWriter idiom
+ * deadlocks here: its writer blocks on the reader that stopped).  With an
+ * infinite source, the run ends once every consumer has stopped, having
+ * read at most window - 1 bytes past the last stop. */
+static void test_bytes_detach_and_bound(void)
+{
+    static const size_t windows[] = {1, 7, 4096, 0};
+    for (size_t w = 0; w < sizeof windows / sizeof windows[0]; w++) {
+        /* A hand-off per byte at window 1: fewer bytes there (the thread
+         * engine takes microseconds per hand-off). */
+        uint64_t n = windows[w] == 1 ? 3000 : 100000;
+        byte_reader r[3] = {{1, 10, 0, 0}, {3, UINT64_MAX, 0, 0}, {64, n / 2, 0, 0}};
+        lockstep_consumer cs[3] = {{read_bytes, &r[0]}, {read_bytes, &r[1]}, {read_bytes, &r[2]}};
+        byte_source b = {0, n, 0, 0};
+        lockstep_report rep;
+        lockstep_options o = opts(windows[w], &rep);
+        CHECK_EQ(lockstep_run_read(byte_read, &b, 1, cs, 3, &o), 0);
+        CHECK_EQ(r[0].count, 10);
+        CHECK_EQ(r[1].count, n);
+        CHECK_EQ(r[1].sum, byte_sum(n));
+        CHECK_EQ(r[2].count, n / 2);
+        CHECK_EQ(r[2].sum, byte_sum(n / 2));
+        CHECK_EQ(rep.items_read, n);
+        if (is_buffer)
+            continue;
+        /* Every consumer stops early on an endless source. */
+        r[1].stop = n / 3;
+        for (int i = 0; i < 3; i++)
+            r[i].count = r[i].sum = 0;
+        b = (byte_source){0, UINT64_MAX, 0, 0};
+        CHECK_EQ(lockstep_run_read(byte_read, &b, 1, cs, 3, &o), 0);
+        CHECK_EQ(r[2].count, n / 2);
+        CHECK(b.produced >= n / 2 && b.produced <= n / 2 + rep.window - 1);
+        /* Nobody asks: nothing is read. */
+        lockstep_consumer none[2] = {{return_at_once, NULL}, {return_at_once, NULL}};
+        b = (byte_source){0, UINT64_MAX, 0, 0};
+        CHECK_EQ(lockstep_run_read(byte_read, &b, 1, none, 2, &o), 0);
+        CHECK_EQ(b.produced, 0);
+    }
+}
+
+/* A byte pipeline: a consumer runs its own lockstep_run_read whose read
+ * function is lockstep_read on the outer consumer's iterator. */
+typedef struct {
+    size_t window;
+    int rc;
+    byte_reader inner[2];
+} byte_stage;
+
+static long read_outer(void *arg, void *items, size_t max)
+{
+    return (long)lockstep_read(arg, items, max);
+}
+
+static int byte_stage_consumer(lockstep_iter *it, void *arg)
+{
+    byte_stage *st = arg;
+    lockstep_consumer cs[2] = {{read_bytes, &st->inner[0]}, {read_bytes, &st->inner[1]}};
+    lockstep_options o = opts(st->window, NULL);
+    st->rc = lockstep_run_read(read_outer, it, 1, cs, 2, &o);
+    return 0;
+}
+
+static void test_read_pipeline(void)
+{
+    static const size_t windows[][2] = {{1, 1}, {7, 3}, {0, 0}, {4096, 7}};
+    for (size_t w = 0; w < sizeof windows / sizeof windows[0]; w++) {
+        uint64_t n = windows[w][0] == 1 ? 2000 : 50000;
+        byte_stage st = {windows[w][1], -1, {{5, UINT64_MAX, 0, 0}, {64, 1000, 0, 0}}};
+        byte_reader plain = {3, UINT64_MAX, 0, 0};
+        lockstep_consumer cs[2] = {{byte_stage_consumer, &st}, {read_bytes, &plain}};
+        byte_source b = {0, n, 0, 0};
+        lockstep_options o = opts(windows[w][0], NULL);
+        CHECK_EQ(lockstep_run_read(byte_read, &b, 1, cs, 2, &o), 0);
+        CHECK_EQ(st.rc, 0);
+        CHECK_EQ(st.inner[0].count, n);
+        CHECK_EQ(st.inner[0].sum, byte_sum(n));
+        CHECK_EQ(st.inner[1].count, 1000);
+        CHECK_EQ(st.inner[1].sum, byte_sum(1000));
+        CHECK_EQ(plain.sum, byte_sum(n));
+    }
+}
+
+/* Bad input, and a read function that returns more than it was asked for. */
+static long never_read(void *arg, void *items, size_t max)
+{
+    (void)arg;
+    (void)items;
+    (void)max;
+    return 0;
+}
+
+static void test_run_read_bad_input(void)
+{
+    lockstep_consumer ok[1] = {{return_at_once, NULL}};
+    lockstep_report rep;
+    lockstep_options o = opts(0, &rep);
+    CHECK_EQ(lockstep_run_read(NULL, NULL, 1, ok, 1, &o), LOCKSTEP_EINVAL);
+    CHECK_EQ(rep.failed, LOCKSTEP_FAILED_LIBRARY);
+    CHECK_EQ(lockstep_run_read(never_read, NULL, 0, ok, 1, &o), LOCKSTEP_EINVAL);
+    CHECK_EQ(lockstep_run_read(never_read, NULL, 1, NULL, 1, &o), LOCKSTEP_EINVAL);
+    o.window = SIZE_MAX;
+    CHECK_EQ(lockstep_run_read(never_read, NULL, 1, ok, 1, &o), LOCKSTEP_EINVAL);
+    o.window = 0;
+    CHECK_EQ(lockstep_run_read(never_read, NULL, 1, ok, 1, &o), 0);
+
+    /* A count over max is the source's failure, LOCKSTEP_EINVAL, at the
+     * position of that read: it counts only if someone needs that item. */
+    static const size_t windows[] = {1, 7, 4096, 0};
+    for (size_t w = 0; w < sizeof windows / sizeof windows[0]; w++) {
+        byte_reader r[2] = {{5, UINT64_MAX, 0, 0}, {1, 20, 0, 0}};
+        lockstep_consumer cs[2] = {{read_bytes, &r[0]}, {read_bytes, &r[1]}};
+        byte_source b = {0, 1000, 0, LONG_MAX};
+        o = opts(windows[w], &rep);
+        CHECK_EQ(lockstep_run_read(byte_read, &b, 1, cs, 2, &o), LOCKSTEP_EINVAL);
+        CHECK_EQ(rep.failed, LOCKSTEP_FAILED_SOURCE);
+        CHECK_EQ(rep.position, b.produced);
+        CHECK(rep.position >= 100 && (is_buffer || rep.position < 100 + rep.window));
+        CHECK_EQ(r[0].count, rep.position);
+        CHECK_EQ(r[1].count, 20);
+        /* The same read failing where nobody looks any more. */
+        r[0].stop = 30;
+        r[0].count = r[0].sum = r[1].count = r[1].sum = 0;
+        b = (byte_source){0, 1000, 0, LONG_MAX};
+        CHECK_EQ(lockstep_run_read(byte_read, &b, 1, cs, 2, &o), 0);
+        /* A negative code that does not fit an int. */
+        r[0].stop = UINT64_MAX;
+        r[0].count = r[0].sum = r[1].count = r[1].sum = 0;
+        b = (byte_source){0, 1000, 0, LONG_MIN};
+        CHECK_EQ(lockstep_run_read(byte_read, &b, 1, cs, 2, &o), LOCKSTEP_EINVAL);
+    }
+}
+
+/* The default window suits the item size: the whole byte budget below 8
+ * bytes, the item count (no more than the budget) from 8 bytes up. */
+static void test_default_window_by_item_size(void)
+{
+    int thread = engine == LOCKSTEP_ENGINE_THREAD;
+    size_t items = thread ? LOCKSTEP_DEFAULT_THREAD_WINDOW : LOCKSTEP_DEFAULT_WINDOW;
+    size_t bytes = thread ? LOCKSTEP_DEFAULT_THREAD_WINDOW_BYTES : LOCKSTEP_DEFAULT_WINDOW_BYTES;
+    static const size_t sizes[] = {1, 2, 8, 64, 4096, 100000, (size_t)4 << 20};
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+        size_t size = sizes[k];
+        size_t budget = bytes / size ? bytes / size : 1;
+        size_t want = size < 8 ? budget : items < budget ? items : budget;
+        lockstep_consumer none[1] = {{return_at_once, NULL}};
+        lockstep_report rep;
+        lockstep_options o = opts(0, &rep);
+        CHECK_EQ(lockstep_run_read(never_read, NULL, size, none, 1, &o), 0);
+        CHECK_EQ(rep.window, want);
+    }
+    lockstep_report rep;
+    lockstep_options o = opts(0, &rep);
+    lockstep_consumer none[1] = {{return_at_once, NULL}};
+    CHECK_EQ(lockstep_run_read(never_read, NULL, 1, none, 1, &o), 0);
+    CHECK_EQ(rep.window, thread ? (size_t)1 << 20 : (size_t)64 << 10);
+    CHECK_EQ(lockstep_run_read(never_read, NULL, 4096, none, 1, &o), 0);
+    CHECK_EQ(rep.window, thread ? 256 : 16);
+}
+
 /* Misuse: consumer 1 calls lockstep_next on consumer 0's iterator.  With
  * threads it waits until consumer 0 has returned: lockstep_next's inline
  * fast path reads the iterator unsynchronised, so calling it while its own
@@ -794,7 +1170,7 @@ static uint64_t rnd(uint64_t bound)
 }
 
 static int run_scripted(lockstep_engine e, script *sc, size_t count, counter_source *src,
-                        size_t window, int use_push, lockstep_report *rep)
+                        size_t window, int feed, lockstep_report *rep)
 {
     lockstep_consumer cs[8];
     for (size_t i = 0; i < count; i++) {
@@ -806,12 +1182,14 @@ static int run_scripted(lockstep_engine e, script *sc, size_t count, counter_sou
     o.engine = e;
     o.window = window;
     o.report = rep;
-    if (use_push)
+    if (feed == FEED_PUSH)
         return run_by_push(counter_pull, src, sizeof(int64_t), cs, count, &o, 17, rnd);
+    if (feed == FEED_READ)
+        return lockstep_run_read(counter_read, src, sizeof(int64_t), cs, count, &o);
     return lockstep_run(counter_pull, src, sizeof(int64_t), cs, count, &o);
 }
 
-static void random_case(int use_push)
+static void random_case(int feed)
 {
     static const size_t windows[] = {1, 2, 3, 5, 8, 64, 0};
     size_t count = (size_t)rnd(7);
@@ -823,6 +1201,8 @@ static void random_case(int use_push)
         script_init(&sc[i], kind, rnd(n + 3), (int)(1 + rnd(5)));
         if (kind == NEST_AT && rnd(4) != 0)
             sc[i].kind = SUM;
+        sc[i].by = (int)rnd(BY_COUNT);
+        sc[i].chunk = rnd(4) == 0 ? SIZE_MAX : 1 + (size_t)rnd(READ_CHUNK_MAX);
         oracle[i] = sc[i];
     }
     counter_source src = counter(n), oracle_src;
@@ -833,8 +1213,8 @@ static void random_case(int use_push)
     oracle_src = src;
     lockstep_report rep, oracle_rep;
     long failed_before = check_failed;
-    int rc = run_scripted(engine, sc, count, &src, window, use_push, &rep);
-    if (!use_push)
+    int rc = run_scripted(engine, sc, count, &src, window, feed, &rep);
+    if (feed != FEED_PUSH)
         check_against_model(sc, count, &src, rc, &rep, window);
     int oracle_rc = run_scripted(LOCKSTEP_ENGINE_BUFFER, oracle, count, &oracle_src, window, 0,
                                  &oracle_rep);
@@ -844,11 +1224,11 @@ static void random_case(int use_push)
         CHECK_EQ(rep.position, oracle_rep.position);
     if (check_failed != failed_before) {
         fprintf(stderr, "  case: %s, window %zu, %" PRIu64 " items, source fails at %" PRIu64
-                        " (%d), consumers:", use_push ? "push" : "run", window, n, src.fail_at,
+                        " (%d), consumers:", feed_names[feed], window, n, src.fail_at,
                 src.fail_code);
         for (size_t i = 0; i < count; i++)
-            fprintf(stderr, " [%d k=%" PRIu64 " code=%d count=%" PRIu64 "]", sc[i].kind, sc[i].k,
-                    sc[i].fail_code, sc[i].count);
+            fprintf(stderr, " [%d k=%" PRIu64 " code=%d by=%d chunk=%zu count=%" PRIu64 "]",
+                    sc[i].kind, sc[i].k, sc[i].fail_code, sc[i].by, sc[i].chunk, sc[i].count);
         fprintf(stderr, "\n");
     }
 }
@@ -858,9 +1238,11 @@ static void test_random(void)
     const char *env = getenv("LOCKSTEP_TEST_CASES");
     long cases = env ? atol(env) : 3000;
     for (long i = 0; i < cases; i++)
-        random_case(0);
+        random_case(FEED_RUN);
     for (long i = 0; i < cases / 3; i++)
-        random_case(1);
+        random_case(FEED_PUSH);
+    for (long i = 0; i < cases; i++)
+        random_case(FEED_READ);
 }
 
 /* Scale: 10,000 consumers over 100,000 items (scaled down by
@@ -944,9 +1326,9 @@ static void test_errors_and_version(void)
 
 int main(int argc, char **argv)
 {
-    const char *name;
-    if (!engine_from_args(argc, argv, &engine, &name))
+    if (!engine_arg(argc, argv, &engine))
         return 2;
+    const char *name = lockstep_engine_name(engine);
     is_buffer = engine == LOCKSTEP_ENGINE_BUFFER;
     if (!lockstep_engine_available(engine)) {
         lockstep_consumer ok[1] = {{return_at_once, NULL}};
@@ -967,6 +1349,11 @@ int main(int argc, char **argv)
     test_bad_input();
     test_misuse();
     test_push();
+    test_take_and_read();
+    test_bytes_detach_and_bound();
+    test_run_read_bad_input();
+    test_default_window_by_item_size();
+    test_read_pipeline();
     test_drop_items();
     test_random();
     test_allocation_failure();

@@ -3,9 +3,10 @@
  * single scenario conformance.c sweeps.  For each engine, each
  * representative run (run API, push API, a failing run, a producer failure,
  * nested runs, 100 consumers, a long stream that makes the buffer engine
- * grow) and each kind of acquisition (LOCKSTEP__FAULT_ALLOC: malloc, calloc,
- * realloc; _MMAP: fiber stacks; _THREAD: consumer threads), it makes the
- * 1st, 2nd, 3rd, ... acquisition of that kind fail in turn through
+ * grow, and lockstep_run_read's bulk source, short and long) and each kind
+ * of acquisition (LOCKSTEP__FAULT_ALLOC: malloc, calloc, realloc; _MMAP:
+ * fiber stacks; _THREAD: consumer threads), it makes the 1st, 2nd, 3rd,
+ * ... acquisition of that kind fail in turn through
  * lockstep__fault_arm, until a run no longer reaches the armed point.
  * Every run must either end with the fault's code (LOCKSTEP_ENOMEM, or
  * LOCKSTEP_ETHREAD for the thread kind; report.failed says the library, or
@@ -142,9 +143,11 @@ static int scripted(lockstep_iter *it, void *arg)
  * Scenarios: each runs once and says whether its outcome is acceptable.
  * ------------------------------------------------------------------------ */
 
-enum { S_RUN, S_PUSH, S_FAILING, S_PUSH_FAIL, S_NEST, S_WIDE, S_LONG, S_COUNT };
+enum { S_RUN, S_PUSH, S_FAILING, S_PUSH_FAIL, S_NEST, S_WIDE, S_LONG, S_READ, S_READ_LONG,
+       S_COUNT };
 static const char *const scenario_names[S_COUNT] = {
-    "run", "push", "consumer-fails", "producer-fails", "nested", "100-consumers", "long-stream"};
+    "run", "push", "consumer-fails", "producer-fails", "nested", "100-consumers", "long-stream",
+    "run_read", "run_read-long"};
 
 /* What one run did. */
 typedef struct {
@@ -228,6 +231,7 @@ static void run_scenario(int sc, lockstep_engine e, consumer_state *storage, run
         o.stack_size = 64 * 1024;
         break;
     case S_LONG:
+    case S_READ_LONG:
         src = counter(5000); /* the buffer engine grows 512 -> 8192 */
         o.window = 64;
         break;
@@ -241,6 +245,8 @@ static void run_scenario(int sc, lockstep_engine e, consumer_state *storage, run
     r->push_rc = 0;
     if (sc == S_PUSH || sc == S_PUSH_FAIL)
         push_run(&src, cs, n, &o, r);
+    else if (sc == S_READ || sc == S_READ_LONG)
+        r->rc = lockstep_run_read(counter_read, &src, sizeof(int64_t), cs, n, &o);
     else
         r->rc = lockstep_run(counter_pull, &src, sizeof(int64_t), cs, n, &o);
 }
@@ -252,8 +258,10 @@ static int clean_outcome(int sc, const run_result *r)
     switch (sc) {
     case S_RUN:
     case S_PUSH:
-    case S_LONG: {
-        uint64_t n = sc == S_LONG ? 5000 : 200;
+    case S_LONG:
+    case S_READ:
+    case S_READ_LONG: {
+        uint64_t n = sc == S_LONG || sc == S_READ_LONG ? 5000 : 200;
         return r->rc == 0 && r->push_rc == 0 && r->rep.failed == LOCKSTEP_FAILED_NONE &&
                c[0].count == n && c[0].sum == (int64_t)(n * (n - 1) / 2) && c[1].count == 50 &&
                c[1].sum == 1225 && c[2].count == n && !c[0].bad_items && !c[2].bad_items;

@@ -88,10 +88,7 @@ static int checking_fn(lockstep_iter *it, void *arg)
 
 static lockstep_options opts(size_t window)
 {
-    lockstep_options o = LOCKSTEP_OPTIONS_INIT;
-    o.engine = engine;
-    o.window = window;
-    return o;
+    return engine_opts(engine, window, NULL);
 }
 
 /* ------------------------------------------------------------------------
@@ -171,9 +168,9 @@ static void test_push(size_t window)
 
 int main(int argc, char **argv)
 {
-    const char *name;
-    if (!engine_from_args(argc, argv, &engine, &name))
+    if (!engine_arg(argc, argv, &engine))
         return 2;
+    const char *name = lockstep_engine_name(engine);
     if (!lockstep_engine_available(engine)) {
         printf("engine %s is not available in this build\n", name);
         return 0;

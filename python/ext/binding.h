@@ -81,6 +81,7 @@ typedef enum { ENG_GREENLET = 0, ENG_THREAD, ENG_BUFFER, ENG_COUNT_ } pyengine;
 typedef struct {
     PyTypeObject *iter_type;
     PyTypeObject *stream_type;
+    PyTypeObject *bytes_type;  /* lockstep.ByteIterator (bytes.c) */
     PyObject *marker;      /* what a consumer greenlet passes when it suspends */
     PyObject *marker_args; /* (marker,) */
 } modstate;
@@ -126,6 +127,8 @@ struct runstate {
     unsigned long owner;       /* thread that opened the stream */
     unsigned tick;             /* items since the last signal check */
     int busy;                  /* producer-side re-entrancy guard */
+    int bytes;                 /* run_read(): items are bytes, filled by readinto */
+    PyObject *readinto;        /* run_read(): the source's readinto (borrowed) */
 };
 
 #pragma GCC visibility push(hidden)
@@ -207,11 +210,32 @@ int pyls_rs_pull(runstate *rs, PyObject *src, int source_failure);
  * stream, as the core's report says. */
 PyObject *pyls_rs_close(runstate *rs);
 
+/* The keyword arguments of fname (run, run_read), METH_FASTCALL style:
+ * values[k] is the value of kwnames[k].  Sets *window and *engine to those
+ * given (borrowed); returns 0, or -1 with TypeError for any other keyword. */
+int pyls_run_keywords(const char *fname, PyObject *const *values, PyObject *kwnames,
+                      PyObject **window, PyObject **engine);
+
 /* run(iterable, /, *consumers, window=None, engine=None), METH_FASTCALL |
  * METH_KEYWORDS, and its docstring. */
 PyObject *pyls_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
                    PyObject *kwnames);
 extern const char pyls_run_doc[];
+
+/* ---- bytes.c ---- */
+
+extern PyType_Spec pyls_bytes_spec;
+
+/* A byte run's lockstep_read_fn: rs->readinto(memoryview over max bytes at
+ * items).  Returns the count, 0 at the end, or PYLOCKSTEP_EPYTHON with the
+ * exception kept in rs->src_exc. */
+long pyls_rs_read(void *arg, void *items, size_t max);
+
+/* run_read(readinto, /, *consumers, window=None, engine=None), and its
+ * docstring. */
+PyObject *pyls_run_read(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+                        PyObject *kwnames);
+extern const char pyls_run_read_doc[];
 
 /* ---- stream.c ---- */
 

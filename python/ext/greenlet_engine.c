@@ -222,6 +222,8 @@ static int greenlet_dispatch(lockstep_stream *s)
  * (sum and max over range(10**6)). */
 static lockstep_iter *greenlet_round_again(runstate *rs, lockstep_stream *s)
 {
+    if (rs->bytes)
+        return lockstep__round_again_read_with(s, pyls_rs_read, rs);
     return lockstep__round_again_with(s, pyls_rs_source, rs);
 }
 
@@ -332,7 +334,7 @@ void pyls_greenlet_pull(runstate *rs, PyObject *src)
 {
     lockstep_stream *s = rs->s;
     rs->src = src;
-    rs->src_next = Py_TYPE(src)->tp_iternext;
+    rs->src_next = src != NULL ? Py_TYPE(src)->tp_iternext : NULL;
     if (pyls_tls_current == NULL) {
         /* Copying makes sure the producer has a context object of its own,
          * which greenlet_refill lends to the consumer greenlets. */
@@ -345,7 +347,10 @@ void pyls_greenlet_pull(runstate *rs, PyObject *src)
         rs->context = Py_NewRef(PyThreadState_Get()->context);
         rs->refill_here = 1;
     }
-    lockstep__pull_with(s, pyls_rs_source, rs);
+    if (rs->bytes)
+        lockstep__pull_read_with(s, pyls_rs_read, rs);
+    else
+        lockstep__pull_with(s, pyls_rs_source, rs);
     rs->refill_here = 0;
     rs->src = NULL;
 }

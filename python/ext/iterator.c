@@ -139,7 +139,7 @@ PyType_Spec pyls_iter_spec = {
 /* Makes the iterator for consumer it of rs; a new reference or NULL. */
 IterObject *pyls_iter_make(runstate *rs, lockstep_iter *it)
 {
-    IterObject *io = PyObject_New(IterObject, rs->st->iter_type);
+    IterObject *io = PyObject_New(IterObject, rs->bytes ? rs->st->bytes_type : rs->st->iter_type);
     if (io == NULL)
         return NULL;
     io->it = it;

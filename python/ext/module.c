@@ -43,6 +43,8 @@ static PyObject *py_engines(PyObject *module, PyObject *unused)
 static PyMethodDef module_methods[] = {
     {"run", (PyCFunction)(void (*)(void))pyls_run, METH_FASTCALL | METH_KEYWORDS, pyls_run_doc},
     {"engines", py_engines, METH_NOARGS, engines_doc},
+    {"run_read", (PyCFunction)(void (*)(void))pyls_run_read, METH_FASTCALL | METH_KEYWORDS,
+     pyls_run_read_doc},
     {NULL},
 };
 
@@ -54,6 +56,9 @@ static int module_exec(PyObject *m)
         return -1;
     st->stream_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &pyls_stream_spec, NULL);
     if (st->stream_type == NULL || PyModule_AddType(m, st->stream_type) < 0)
+        return -1;
+    st->bytes_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &pyls_bytes_spec, NULL);
+    if (st->bytes_type == NULL || PyModule_AddType(m, st->bytes_type) < 0)
         return -1;
     st->marker = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
     if (st->marker == NULL)
@@ -83,6 +88,7 @@ static int module_traverse(PyObject *m, visitproc visit, void *arg)
     modstate *st = PyModule_GetState(m);
     Py_VISIT(st->iter_type);
     Py_VISIT(st->stream_type);
+    Py_VISIT(st->bytes_type);
     Py_VISIT(st->marker);
     Py_VISIT(st->marker_args);
     return 0;
@@ -93,6 +99,7 @@ static int module_clear(PyObject *m)
     modstate *st = PyModule_GetState(m);
     Py_CLEAR(st->iter_type);
     Py_CLEAR(st->stream_type);
+    Py_CLEAR(st->bytes_type);
     Py_CLEAR(st->marker);
     Py_CLEAR(st->marker_args);
     return 0;

@@ -280,6 +280,8 @@ int pyls_rs_open(runstate *rs)
             return -1;
         }
     }
+    /* A byte run (bytes.c) holds bytes; run() and Stream hold references. */
+    size_t item_size = rs->bytes ? 1 : sizeof(PyObject *);
     lockstep_options o;
     lockstep_options_init(&o);
     o.window = rs->window;
@@ -289,7 +291,7 @@ int pyls_rs_open(runstate *rs)
     switch (rs->engine) {
 #if LOCKSTEP_HAVE_GREENLET
     case ENG_GREENLET:
-        rc = lockstep__open_ops(&rs->s, &pyls_greenlet_ops, rs, sizeof(PyObject *), cs, rs->n, &o);
+        rc = lockstep__open_ops(&rs->s, &pyls_greenlet_ops, rs, item_size, cs, rs->n, &o);
         break;
 #endif
     case ENG_THREAD:
@@ -297,11 +299,11 @@ int pyls_rs_open(runstate *rs)
         rs->hook.after_wait = gil_acquire;
         o.engine = LOCKSTEP_ENGINE_THREAD;
         o.blocking = &rs->hook;
-        rc = lockstep_open(&rs->s, sizeof(PyObject *), cs, rs->n, &o);
+        rc = lockstep_open(&rs->s, item_size, cs, rs->n, &o);
         break;
     case ENG_BUFFER:
         o.engine = LOCKSTEP_ENGINE_BUFFER;
-        rc = lockstep_open(&rs->s, sizeof(PyObject *), cs, rs->n, &o);
+        rc = lockstep_open(&rs->s, item_size, cs, rs->n, &o);
         break;
     default:
         rc = LOCKSTEP_ENOTSUP;
@@ -316,8 +318,10 @@ int pyls_rs_open(runstate *rs)
         return -1;
     }
     /* Nothing has been pushed yet, so the window holds no references. */
-    rs->s->drop_items = drop_items;
-    rs->s->drop_arg = rs;
+    if (!rs->bytes) {
+        rs->s->drop_items = drop_items;
+        rs->s->drop_arg = rs;
+    }
     return 0;
 }
 
@@ -438,6 +442,28 @@ const char pyls_run_doc[] = PyDoc_STR(
 "ValueError for window < 1 or an unknown engine, ImportError for an\n"
 "engine this installation lacks, all before any item is pulled.");
 
+/* The keyword arguments of fname (run, run_read), METH_FASTCALL style:
+ * values[k] is the value of kwnames[k].  Sets *window and *engine to those
+ * given (borrowed); returns 0, or -1 with TypeError for any other keyword. */
+int pyls_run_keywords(const char *fname, PyObject *const *values, PyObject *kwnames,
+                      PyObject **window, PyObject **engine)
+{
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t k = 0; k < nkw; k++) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, k);
+        if (PyUnicode_CompareWithASCIIString(name, "window") == 0)
+            *window = values[k];
+        else if (PyUnicode_CompareWithASCIIString(name, "engine") == 0)
+            *engine = values[k];
+        else {
+            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument %R", fname,
+                         name);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* run(iterable, /, *consumers, window=None, engine=None) */
 PyObject *pyls_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
                    PyObject *kwnames)
@@ -445,18 +471,8 @@ PyObject *pyls_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
     PyObject *window = NULL, *engine = NULL, *src = NULL, *result = NULL;
     runstate rs;
     memset(&rs, 0, sizeof rs);
-    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    for (Py_ssize_t k = 0; k < nkw; k++) {
-        PyObject *name = PyTuple_GET_ITEM(kwnames, k);
-        if (PyUnicode_CompareWithASCIIString(name, "window") == 0)
-            window = args[nargs + k];
-        else if (PyUnicode_CompareWithASCIIString(name, "engine") == 0)
-            engine = args[nargs + k];
-        else {
-            PyErr_Format(PyExc_TypeError, "run() got an unexpected keyword argument %R", name);
-            return NULL;
-        }
-    }
+    if (pyls_run_keywords("run", args + nargs, kwnames, &window, &engine) < 0)
+        return NULL;
     if (nargs < 1) {
         PyErr_SetString(PyExc_TypeError, "run() missing required argument 'iterable' (pos 1)");
         return NULL;

@@ -12,6 +12,9 @@ run(iterable, *consumers, window=None, engine=None) -> tuple
     Each consumer is any callable taking one iterator.  See help(lockstep.run).
 Stream(*consumers, window=None, engine=None)
     The push side, for callback-driven sources.  See help(lockstep.Stream).
+run_bytes(source, *consumers, window=None, engine=None) -> tuple
+    Byte streams: each consumer takes a binary file object (hashlib.file_digest,
+    tarfile, gzip, pickle.load...).  See help(lockstep.run_bytes).
 engines() -> tuple
     Engines usable here, best first; engine=None picks the first:
     'greenlet' when greenlet imports, else 'thread', else 'buffer'.
@@ -106,3 +109,9 @@ if not HAVE_GREENLET_ENGINE:
 
 __all__ = ["run", "Stream", "Iterator", "engines", "DEFAULT_WINDOW", "DEFAULT_WINDOWS", "MAX_WINDOW", "__version__"]
 __all__ += ["build_info"]  # lockstep.build_info(), above
+
+# Byte streams (issue 13): run_bytes and the reader it hands each consumer.
+from ._bytes import DEFAULT_BYTES_WINDOW, Reader, run_bytes  # noqa: E402
+from ._lockstep import ByteIterator  # noqa: E402
+
+__all__ += ["run_bytes", "Reader", "ByteIterator", "DEFAULT_BYTES_WINDOW"]

@@ -1,6 +1,6 @@
 # __init__.pyi: type stubs for the lockstep package (run, Stream, Iterator,
-# engines and the constants), which the C extension lockstep._lockstep
-# implements.
+# engines and the constants, and run_bytes with its Reader), which the C
+# extension lockstep._lockstep implements (Reader: lockstep/_bytes.py).
 from types import TracebackType
 from typing import Any, Callable, Iterable, Iterator as _Iterator, Literal, Optional, Tuple, Type, TypeVar
 
@@ -78,3 +78,44 @@ class Stream:
         exc: Optional[BaseException],
         tb: Optional[TracebackType],
     ) -> bool: ...
+
+# --- Byte streams (issue 13) ------------------------------------------------
+from io import BufferedIOBase
+from typing import Protocol, Union
+
+DEFAULT_BYTES_WINDOW: int
+
+class _BinaryReadable(Protocol):
+    def read(self, size: int = ..., /) -> bytes: ...
+
+_BytesLike = Union[bytes, bytearray, memoryview]
+
+class ByteIterator:
+    """A consumer's handle on a byte stream (the C half; Reader wraps it)."""
+    @property
+    def position(self) -> int: ...
+    def take(self, n: int, /) -> bytes: ...
+    def readinto1(self, buffer: Any, /) -> int: ...
+    def readline1(self, limit: int, /) -> bytes: ...
+    def peek(self) -> bytes: ...
+
+class Reader(BufferedIOBase):
+    """The read-only, non-seekable binary file run_bytes hands each consumer."""
+    mode: str
+    def __init__(self, handle: ByteIterator) -> None: ...
+    def read(self, size: Optional[int] = -1, /) -> bytes: ...
+    def read1(self, size: Optional[int] = -1, /) -> bytes: ...
+    def readinto(self, b: Any, /) -> int: ...
+    def readinto1(self, b: Any, /) -> int: ...
+    def readline(self, size: Optional[int] = -1, /) -> bytes: ...
+    def peek(self, size: int = 0, /) -> bytes: ...
+
+def run_bytes(
+    source: Union[_BinaryReadable, Iterable[_BytesLike]],
+    /,
+    *consumers: Callable[[Reader], Any],
+    window: Optional[int] = None,
+    engine: Optional[EngineName] = None,
+) -> Tuple[Any, ...]:
+    """Run every consumer (a reader of a binary file) over one pass of a byte stream."""
+    ...
