@@ -50,7 +50,8 @@ else:  # tests/python_install.sh checks where an isolated build found it
 
 # The binding's files (python/ext/binding.h says what each holds).
 BINDING = ["python/ext/module.c", "python/ext/iterator.c", "python/ext/greenlet_engine.c",
-           "python/ext/run.c", "python/ext/stream.c", "python/ext/bytes.c"]
+           "python/ext/run.c", "python/ext/stream.c", "python/ext/bytes.c",
+           "python/ext/async.c"]
 
 ext = Extension(
     "lockstep._lockstep",

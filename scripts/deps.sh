@@ -16,6 +16,10 @@ declare -A PKG_GROUPS=(
   [bench]="python3-matplotlib python3-uvloop python3-greenlet libboost-context-dev golang-go"
 )
 
+# lockstep.arun's tests run under asyncio, uvloop and trio (sniffio tells
+# them apart), and use aiostream as a third-party consumer.
+PKG_GROUPS[python]+=" python3-uvloop python3-trio python3-sniffio python3-aiostream"
+
 missing=()
 for group in "$@"; do
   [[ -n "${PKG_GROUPS[$group]+x}" ]] || { echo "deps.sh: unknown group '$group'" >&2; exit 2; }

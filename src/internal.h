@@ -233,6 +233,19 @@ static inline int lockstep__commit_one(lockstep_stream *s)
     return rc < 0 ? rc : 1;
 }
 
+/* Ends the stream: from now on lockstep_next tells every consumer that the
+ * stream ended (or that it was cancelled) and never waits.  lockstep_close
+ * calls it before the engine's finish; an engine that must run the last
+ * round itself, step by step (the Python binding's async driver, which
+ * waits for the event loop in the middle of it), calls it instead of
+ * lockstep_close and then lockstep__close_ended. */
+void lockstep__end(lockstep_stream *s);
+
+/* The second half of lockstep_close, for a stream ended by lockstep__end
+ * whose consumers have all returned: fills in the report, frees everything
+ * and returns the run's outcome exactly as lockstep_close does. */
+int lockstep__close_ended(lockstep_stream *s);
+
 /* The source returned rc (0 = end, < 0 = error): records it as
  * lockstep_close or lockstep_fail would learn it, and sets source_done. */
 void lockstep__source_stopped(lockstep_stream *s, int rc);
