@@ -82,4 +82,20 @@ static inline PySendResult lockstep__py_iter_send(PyObject *iter, PyObject *arg,
 #  define PyIter_Send lockstep__py_iter_send
 #endif
 
+/* PyContext_CopyCurrent: PyPy's C-API layer has no contextvars C API, so
+ * the copy comes from the contextvars module (run.c enters it with
+ * Context.run there).  A new reference, or NULL with an exception set. */
+#ifdef PYPY_VERSION
+static inline PyObject *lockstep__context_copy_current(void)
+{
+    PyObject *mod = PyImport_ImportModule("contextvars");
+    if (mod == NULL)
+        return NULL;
+    PyObject *copy = PyObject_CallMethod(mod, "copy_context", NULL);
+    Py_DECREF(mod);
+    return copy;
+}
+#  define PyContext_CopyCurrent lockstep__context_copy_current
+#endif
+
 #endif /* LOCKSTEP_PYCOMPAT_H */
