@@ -1361,10 +1361,12 @@ static PySendResult drive(ARunObject *self, PyObject *value, PyObject *exc, PyOb
  * ARun: the awaitable arun() returns.
  * ------------------------------------------------------------------------ */
 
+#if PY_VERSION_HEX >= 0x030A0000 /* am_send exists from 3.10 on */
 static PySendResult arun_am_send(ARunObject *self, PyObject *arg, PyObject **out)
 {
     return drive(self, arg, NULL, out);
 }
+#endif
 
 /* Turns a send result into what a send()/__next__ method returns. */
 static PyObject *send_result(PySendResult r, PyObject *out)
