@@ -174,6 +174,26 @@ static PyObject *bytes_get_position(IterObject *self, void *closure)
     return it == NULL ? NULL : PyLong_FromUnsignedLongLong(lockstep_position(it));
 }
 
+/* detach(): the consumer leaves the run as if it had returned here
+ * (lockstep__detach): the others and the source stop waiting for it, and
+ * its later reads return b''.  Returns True, or False (doing nothing) when
+ * called outside the running consumer it belongs to, as Reader.close()
+ * may be from a finalizer after the run. */
+static PyObject *bytes_detach(IterObject *self, PyObject *unused)
+{
+    (void)unused;
+    lockstep_iter *it = self->it;
+    if (it == NULL || it != pyls_tls_current)
+        Py_RETURN_FALSE;
+#if LOCKSTEP_HAVE_GREENLET
+    if (self->engine == ENG_GREENLET && pyls_greenlet_current() != self->greenlet)
+        Py_RETURN_FALSE;
+#endif
+    if (lockstep__detach(it) < 0)
+        return pyls_raise_code(LOCKSTEP_EPERM);
+    Py_RETURN_TRUE;
+}
+
 /* ByteIterators hold no Python references, so they need no GC. */
 static void bytes_dealloc(IterObject *self)
 {
@@ -191,6 +211,9 @@ static PyMethodDef bytes_methods[] = {
      "readline1(limit) -> bytes: up to the first newline in hand, at most limit bytes."},
     {"peek", (PyCFunction)bytes_peek, METH_NOARGS,
      "peek() -> bytes: the bytes in hand, not consumed; b'' at the end."},
+    {"detach", (PyCFunction)bytes_detach, METH_NOARGS,
+     "detach() -> bool: leave the run now, as if the consumer returned here;\n"
+     "later reads return b''.  False (a no-op) outside its own consumer."},
     {NULL},
 };
 
