@@ -265,7 +265,20 @@ long pyls_rs_read(void *arg, void *items, size_t max)
      * on it raise ValueError, as a released memoryview does.  There is no
      * exporter to release (PyMemoryView_FromMemory). */
 #ifndef PYPY_VERSION
-    ((PyMemoryViewObject *)view)->mbuf->flags |= _Py_MANAGED_BUFFER_RELEASED;
+    /* The mark cannot reach a buffer export of the view or of a slice
+     * (ctypes from_buffer, numpy.frombuffer: they hold a raw pointer).
+     * The view's own exports show that; a slice still alive (the mbuf
+     * counts every view on it, ours included) might hold one: refuse both,
+     * as a source that keeps part of its buffer after readinto is broken. */
+    PyMemoryViewObject *mv = (PyMemoryViewObject *)view;
+    int kept = mv->exports > 0 || mv->mbuf->exports > 1;
+    mv->mbuf->flags |= _Py_MANAGED_BUFFER_RELEASED;
+    if (kept && r != NULL) {
+        Py_CLEAR(r);
+        PyErr_SetString(PyExc_BufferError,
+                        "lockstep.run_bytes: readinto kept a slice or a buffer export of its "
+                        "buffer, which lies in the window");
+    }
 #else /* cpyext has no managed buffers to mark: release the view itself */
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
