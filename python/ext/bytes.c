@@ -290,7 +290,14 @@ long pyls_rs_read(void *arg, void *items, size_t max)
     Py_DECREF(view);
     if (r == NULL)
         goto failed;
-    Py_ssize_t n = r == Py_None ? -1 : PyNumber_AsSsize_t(r, PyExc_OverflowError);
+    if (r == Py_None) { /* a non-blocking source with no data yet */
+        Py_DECREF(r);
+        PyErr_SetString(PyExc_BlockingIOError,
+                        "lockstep.run_bytes: readinto returned None (a non-blocking source "
+                        "with no data yet); give run_bytes a blocking one");
+        goto failed;
+    }
+    Py_ssize_t n = PyNumber_AsSsize_t(r, PyExc_OverflowError);
     Py_DECREF(r);
     if (n == -1 && PyErr_Occurred())
         goto failed;

@@ -102,3 +102,37 @@ def close_round(engine, _k):
 
 def test_no_leaks_when_closing(engine):
     assert_flat(close_round, engine, 200, 10_000 if engine != "thread" else 2_000)
+
+
+# --- Review of run_bytes' edges (not about detaching) --------------------
+
+class NonBlocking:
+    """A non-blocking source with no data yet: readinto returns None."""
+
+    def readinto(self, b):
+        return None
+
+
+def test_non_blocking_source_is_refused(engine):
+    with pytest.raises(BlockingIOError, match="returned None"):
+        lockstep.run_bytes(NonBlocking(), lambda f: f.read(), engine=engine)
+
+
+@pytest.mark.parametrize("window", [0, -1, 1 << 62])
+def test_bad_windows(engine, window):
+    with pytest.raises(ValueError, match="window"):
+        lockstep.run_bytes([b"abc"], lambda f: f.read(), window=window, engine=engine)
+
+
+def test_nested_run_bytes_in_a_consumer(engine):
+    def nested(f):
+        head = f.read(3)
+        return lockstep.run_bytes([b"xyz"], lambda g: head + g.read(), engine=engine)
+
+    def pipeline(f):  # the inner run's source is the outer consumer's reader
+        return lockstep.run_bytes(f, lambda g: g.read(), lambda g: g.read(2), engine=engine)
+
+    data = b"abcdef" * 1000
+    assert lockstep.run_bytes(chunked(data), nested, pipeline, lambda f: f.read(),
+                              window=64, engine=engine) == (
+        (b"abcxyz",), (data, b"ab"), data)
