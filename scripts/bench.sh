@@ -48,6 +48,11 @@ echo "== Python (py_bench) =="
 $PY bench/py_bench.py --pythonpath python ${quick:+--quick} --window-sweep --json "$out/py.json" \
   | tee "$out/py.md"
 
+echo "== Python async (py_async_bench: lockstep.arun, asyncio, uvloop, trio, async tees) =="
+scripts/bench_async_deps.sh "$PY"
+$PY bench/py_async_bench.py --pythonpath python ${quick:+--quick} --json "$out/py_async.json" \
+  | tee "$out/py_async.md"
+
 echo "== Python byte streams (py_bytes_bench: run_bytes, two file_digest consumers) =="
 $PY bench/py_bytes_bench.py --pythonpath python ${quick:+--mib 16 --repeat 1} ${quick:---rss --sweep} \
   --json "$out/py_bytes.json" | tee "$out/py_bytes.md"

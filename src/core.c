@@ -444,6 +444,7 @@ int lockstep__open_ops(lockstep_stream **out, const lockstep__engine_ops *ops, v
     s->n = n;
     s->live = n;
     s->backward = 1; /* round_begin flips it: consumers start in index order */
+    lockstep__fpmode_get(&s->fpmode);
     for (size_t i = 0; i < n; i++) {
         lockstep_iter *it = &s->iters[i];
         it->stream = s;
@@ -551,12 +552,23 @@ int lockstep_close(lockstep_stream *s)
     int rc = check_producer(s);
     if (rc < 0)
         return rc;
-    s->ended = 1;
-    atomic_store_explicit(&s->unusual, 1, memory_order_relaxed);
+    lockstep__end(s);
     rc = s->ops->finish(s);
     if (rc < 0)
         lockstep__record_failure(s, s->read, LOCKSTEP__RANK_LIBRARY, rc);
+    return lockstep__close_ended(s);
+}
 
+/* See internal.h. */
+void lockstep__end(lockstep_stream *s)
+{
+    s->ended = 1;
+    atomic_store_explicit(&s->unusual, 1, memory_order_relaxed);
+}
+
+/* See internal.h. */
+int lockstep__close_ended(lockstep_stream *s)
+{
     int code = 0;
     long failed = LOCKSTEP_FAILED_NONE;
     uint64_t position = s->read;

@@ -12,6 +12,7 @@
 #ifndef LOCKSTEP_INTERNAL_H
 #define LOCKSTEP_INTERNAL_H
 
+#include "fpmode.h"
 #include "lockstep.h"
 
 #include <stdatomic.h>
@@ -137,6 +138,10 @@ struct lockstep_stream {
     lockstep_read_fn read_fn;
     void *read_arg;
 
+    /* The caller's floating-point control modes when the stream was
+     * opened: every consumer starts with them (fpmode.h). */
+    lockstep__fpmode fpmode;
+
     lockstep_options opts;
 };
 
@@ -253,6 +258,19 @@ static inline int lockstep__commit_one(lockstep_stream *s)
     int rc = lockstep__dispatch(s);
     return rc < 0 ? rc : 1;
 }
+
+/* Ends the stream: from now on lockstep_next tells every consumer that the
+ * stream ended (or that it was cancelled) and never waits.  lockstep_close
+ * calls it before the engine's finish; an engine that must run the last
+ * round itself, step by step (the Python binding's async driver, which
+ * waits for the event loop in the middle of it), calls it instead of
+ * lockstep_close and then lockstep__close_ended. */
+void lockstep__end(lockstep_stream *s);
+
+/* The second half of lockstep_close, for a stream ended by lockstep__end
+ * whose consumers have all returned: fills in the report, frees everything
+ * and returns the run's outcome exactly as lockstep_close does. */
+int lockstep__close_ended(lockstep_stream *s);
 
 /* The source returned rc (0 = end, < 0 = error): records it as
  * lockstep_close or lockstep_fail would learn it, and sets source_done. */

@@ -34,6 +34,7 @@
  *   run.c               the run state (consumers, engine and window
  *                       arguments, open/pull/close), exceptions, run()
  *   stream.c            lockstep.Stream, the push side
+ *   async.c             lockstep.arun, its driver, lockstep.AsyncIterator
  *   module.c            the module: types, engines(), constants
  *
  * Names shared between the files start with pyls_; they are hidden (the
@@ -50,10 +51,10 @@
 
 #include "internal.h"
 
-/* greenlet.h is included by greenlet_engine.c alone: it gives every file
- * that includes it a private copy of greenlet's C API pointer, which only
- * that file's pyls_greenlet_load fills in.  The other files ask through
- * pyls_greenlet_current. */
+/* greenlet.h is included by greenlet_engine.c and async.c alone: it gives
+ * every file that includes it a private copy of greenlet's C API pointer,
+ * which only that file fills in (pyls_greenlet_load; async.c's
+ * greenlet_usable).  The other files ask through pyls_greenlet_current. */
 #ifndef LOCKSTEP_HAVE_GREENLET
 #  define LOCKSTEP_HAVE_GREENLET 0
 #endif
@@ -84,6 +85,9 @@ typedef struct {
     PyTypeObject *bytes_type;  /* lockstep.ByteIterator (bytes.c) */
     PyObject *marker;      /* what a consumer greenlet passes when it suspends */
     PyObject *marker_args; /* (marker,) */
+    PyTypeObject *aiter_type; /* lockstep.AsyncIterator (async.c) */
+    PyTypeObject *arun_type;  /* what arun() returns (async.c) */
+    PyTypeObject *anext_type; /* what AsyncIterator.__anext__ returns (async.c) */
 } modstate;
 
 typedef struct runstate runstate;
@@ -101,6 +105,7 @@ typedef struct {
     PyObject *result;  /* its return value */
     PyObject *exc;     /* the exception it raised, traceback attached */
     IterObject *iter;  /* the iterator it was given */
+    PyObject *context; /* its own copy of the caller's contextvars context, taken at open */
     runstate *rs;
     int begun;         /* greenlet engine: its greenlet has started */
 } slot;
@@ -193,6 +198,14 @@ void pyls_rs_clear(runstate *rs);
  * first next().  Returns 0, or -1 with an exception set. */
 int pyls_rs_open(runstate *rs);
 
+/* Parses window= (None or an int >= 1) into *out; None leaves *out 0,
+ * for the engine's default.  Returns 0 or -1 with ValueError. */
+int pyls_parse_window(PyObject *obj, size_t *out);
+
+/* The streams' drop_items hook: releases the references held by items
+ * leaving the window.  Called on the producer's thread with the GIL held. */
+void pyls_drop_items(void *arg, void *items, size_t count);
+
 /* Records the pending Python exception as the producer's failure at the
  * current stream position. */
 void pyls_rs_source_failed(runstate *rs);
@@ -208,6 +221,15 @@ int pyls_rs_pull(runstate *rs, PyObject *src, int source_failure);
  * reference) or a raised exception (NULL): the failure earliest in the
  * stream, as the core's report says. */
 PyObject *pyls_rs_close(runstate *rs);
+
+/* A closed stream's outcome, as its report r says: the results tuple (a new
+ * reference) built from n result pointers, or NULL with the exception
+ * earliest in the stream raised, taken (stolen) from the failing
+ * consumer's exception pointer, *src_exc or *lib_exc.  The i-th consumer's
+ * pointers are at results0 and excs0 plus i * stride bytes (a slot array:
+ * run.c's and async.c's slots differ). */
+PyObject *pyls_outcome(const lockstep_report *r, size_t n, PyObject **results0,
+                       PyObject **excs0, size_t stride, PyObject **src_exc, PyObject **lib_exc);
 
 /* The keyword arguments of fname (run, run_read), METH_FASTCALL style:
  * values[k] is the value of kwnames[k].  Sets *window and *engine to those
@@ -239,6 +261,19 @@ extern const char pyls_run_read_doc[];
 /* ---- stream.c ---- */
 
 extern PyType_Spec pyls_stream_spec;
+
+/* ---- async.c ---- */
+
+/* lockstep.AsyncIterator and the awaitable arun() returns. */
+extern PyType_Spec pyls_aiter_spec;
+extern PyType_Spec pyls_arun_spec;
+extern PyType_Spec pyls_anext_spec;
+
+/* arun(source, /, *consumers, window=None, engine=None), METH_FASTCALL |
+ * METH_KEYWORDS, and its docstring. */
+PyObject *pyls_arun(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+                    PyObject *kwnames);
+extern const char pyls_arun_doc[];
 
 #pragma GCC visibility pop
 

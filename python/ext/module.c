@@ -1,6 +1,7 @@
 /*
  * module.c: the module lockstep._lockstep itself: its definition and
- * state (the Iterator and Stream types, the greenlet marker), engines(),
+ * state (the Iterator, Stream and AsyncIterator types, the greenlet
+ * marker), engines(), arun() (defined in async.c),
  * the constants (DEFAULT_WINDOW, DEFAULT_WINDOWS, MAX_WINDOW,
  * core_version, HAVE_GREENLET_ENGINE) and PyInit__lockstep, the one
  * exported symbol.  run() lives in run.c, the types in iterator.c and
@@ -43,6 +44,7 @@ static PyObject *py_engines(PyObject *module, PyObject *unused)
 static PyMethodDef module_methods[] = {
     {"run", (PyCFunction)(void (*)(void))pyls_run, METH_FASTCALL | METH_KEYWORDS, pyls_run_doc},
     {"engines", py_engines, METH_NOARGS, engines_doc},
+    {"arun", (PyCFunction)(void (*)(void))pyls_arun, METH_FASTCALL | METH_KEYWORDS, pyls_arun_doc},
     {"run_read", (PyCFunction)(void (*)(void))pyls_run_read, METH_FASTCALL | METH_KEYWORDS,
      pyls_run_read_doc},
     {NULL},
@@ -56,6 +58,15 @@ static int module_exec(PyObject *m)
         return -1;
     st->stream_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &pyls_stream_spec, NULL);
     if (st->stream_type == NULL || PyModule_AddType(m, st->stream_type) < 0)
+        return -1;
+    st->aiter_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &pyls_aiter_spec, NULL);
+    if (st->aiter_type == NULL || PyModule_AddType(m, st->aiter_type) < 0)
+        return -1;
+    st->arun_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &pyls_arun_spec, NULL);
+    if (st->arun_type == NULL || PyModule_AddType(m, st->arun_type) < 0)
+        return -1;
+    st->anext_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &pyls_anext_spec, NULL);
+    if (st->anext_type == NULL)
         return -1;
     st->bytes_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &pyls_bytes_spec, NULL);
     if (st->bytes_type == NULL || PyModule_AddType(m, st->bytes_type) < 0)
@@ -91,6 +102,9 @@ static int module_traverse(PyObject *m, visitproc visit, void *arg)
     Py_VISIT(st->bytes_type);
     Py_VISIT(st->marker);
     Py_VISIT(st->marker_args);
+    Py_VISIT(st->aiter_type);
+    Py_VISIT(st->arun_type);
+    Py_VISIT(st->anext_type);
     return 0;
 }
 
@@ -102,6 +116,9 @@ static int module_clear(PyObject *m)
     Py_CLEAR(st->bytes_type);
     Py_CLEAR(st->marker);
     Py_CLEAR(st->marker_args);
+    Py_CLEAR(st->aiter_type);
+    Py_CLEAR(st->arun_type);
+    Py_CLEAR(st->anext_type);
     return 0;
 }
 

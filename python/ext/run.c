@@ -2,7 +2,7 @@
  * run.c: the run state that run() and Stream share, and run() itself.  A
  * runstate holds the consumers' slots, the parsed window and engine, and
  * the core's stream; this file turns callables into C consumers
- * (consumer_entry), Python references into window items (drop_items), lets
+ * (consumer_entry), Python references into window items (pyls_drop_items), lets
  * go of the GIL while the thread engine's producer waits, opens the stream
  * on the chosen engine, pulls a source iterator into it and turns the
  * core's report into results or the exception earliest in the stream.  The
@@ -91,9 +91,17 @@ static int consumer_entry(lockstep_iter *it, void *arg)
         sl->exc = pyls_fetch_exception();
         goto done;
     }
+    /* Its own copy of the caller's context (see pyls_rs_open): entered here
+     * on every engine, so its ContextVar.set() calls stay in the copy. */
+    if (PyContext_Enter(sl->context) < 0) {
+        sl->exc = pyls_fetch_exception();
+        goto done;
+    }
     pyls_tls_current = it;
     PyObject *result = PyObject_CallOneArg(sl->consumer, (PyObject *)sl->iter);
     pyls_tls_current = saved;
+    if (PyContext_Exit(sl->context) < 0)
+        Py_CLEAR(result); /* it left another context entered: RuntimeError */
     sl->iter->it = NULL;
     if (result == NULL) {
         sl->exc = pyls_fetch_exception();
@@ -107,9 +115,8 @@ done:
     return rc;
 }
 
-/* drop_items hook: releases the references held by items leaving the
- * window.  Called on the producer's thread with the GIL held. */
-static void drop_items(void *arg, void *items, size_t count)
+/* See binding.h. */
+void pyls_drop_items(void *arg, void *items, size_t count)
 {
     (void)arg;
     PyObject **p = items;
@@ -173,9 +180,8 @@ static int parse_engine(PyObject *obj, pyengine *out)
     return -1;
 }
 
-/* Parses window= (None or an int >= 1) into *out; None leaves *out 0,
- * for the engine's default.  Returns 0 or -1. */
-static int parse_window(PyObject *obj, size_t *out)
+/* See binding.h. */
+int pyls_parse_window(PyObject *obj, size_t *out)
 {
     if (obj == NULL || obj == Py_None) {
         *out = 0;
@@ -214,7 +220,7 @@ int pyls_rs_init(runstate *rs, modstate *st, PyObject *const *consumers, size_t 
             return -1;
         }
     }
-    if (parse_window(window, &rs->window) < 0 || parse_engine(engine, &rs->engine) < 0)
+    if (pyls_parse_window(window, &rs->window) < 0 || parse_engine(engine, &rs->engine) < 0)
         return -1;
     if (rs->window == 0)
         rs->window = default_windows[rs->engine];
@@ -241,6 +247,7 @@ void pyls_rs_clear(runstate *rs)
         Py_CLEAR(sl->result);
         Py_CLEAR(sl->exc);
         Py_CLEAR(sl->iter);
+        Py_CLEAR(sl->context);
     }
     PyMem_Free(rs->slots);
     rs->slots = NULL;
@@ -264,6 +271,12 @@ int pyls_rs_open(runstate *rs)
     for (size_t i = 0; i < rs->n; i++) {
         cs[i].fn = consumer_entry;
         cs[i].arg = &rs->slots[i];
+        /* Taken now, when run() is called or the Stream created, as an
+         * asyncio task copies the context when it is created. */
+        if ((rs->slots[i].context = PyContext_CopyCurrent()) == NULL) {
+            PyMem_Free(cs);
+            return -1;
+        }
     }
     /* A byte run (bytes.c) holds bytes; run() and Stream hold references. */
     size_t item_size = rs->bytes ? 1 : sizeof(PyObject *);
@@ -304,7 +317,7 @@ int pyls_rs_open(runstate *rs)
     }
     /* Nothing has been pushed yet, so the window holds no references. */
     if (!rs->bytes) {
-        rs->s->drop_items = drop_items;
+        rs->s->drop_items = pyls_drop_items;
         rs->s->drop_arg = rs;
     }
     return 0;
@@ -359,13 +372,21 @@ PyObject *pyls_rs_close(runstate *rs)
     (void)lockstep_close(rs->s);
     rs->busy = 0;
     rs->s = NULL;
-    const lockstep_report *r = &rs->report;
+    return pyls_outcome(&rs->report, rs->n, &rs->slots[0].result, &rs->slots[0].exc,
+                        sizeof(slot), &rs->src_exc, &rs->lib_exc);
+}
+
+/* See binding.h. */
+PyObject *pyls_outcome(const lockstep_report *r, size_t n, PyObject **results0,
+                       PyObject **excs0, size_t stride, PyObject **src_exc, PyObject **lib_exc)
+{
+#define PYLS_NTH(first, i) ((PyObject **)((char *)(first) + (i) * stride))
     if (r->failed != LOCKSTEP_FAILED_NONE || r->code != 0) {
-        PyObject **from = &rs->lib_exc;
-        if (r->failed >= 0 && (size_t)r->failed < rs->n)
-            from = &rs->slots[r->failed].exc;
+        PyObject **from = lib_exc;
+        if (r->failed >= 0 && (size_t)r->failed < n)
+            from = PYLS_NTH(excs0, (size_t)r->failed);
         else if (r->failed == LOCKSTEP_FAILED_SOURCE)
-            from = &rs->src_exc;
+            from = src_exc;
         PyObject *exc = *from;
         *from = NULL;
         if (exc == NULL)
@@ -374,14 +395,15 @@ PyObject *pyls_rs_close(runstate *rs)
         pyls_raise_exception(exc);
         return NULL;
     }
-    PyObject *results = PyTuple_New((Py_ssize_t)rs->n);
+    PyObject *results = PyTuple_New((Py_ssize_t)n);
     if (results == NULL)
         return NULL;
-    for (size_t i = 0; i < rs->n; i++) {
-        PyObject *v = rs->slots[i].result ? rs->slots[i].result : Py_None;
-        PyTuple_SET_ITEM(results, (Py_ssize_t)i, Py_NewRef(v));
+    for (size_t i = 0; i < n; i++) {
+        PyObject *v = *PYLS_NTH(results0, i);
+        PyTuple_SET_ITEM(results, (Py_ssize_t)i, Py_NewRef(v != NULL ? v : Py_None));
     }
     return results;
+#undef PYLS_NTH
 }
 
 /* ------------------------------------------------------------------------

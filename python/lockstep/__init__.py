@@ -10,6 +10,9 @@ core (its scheduler, window and cancellation rules) into the module.
 
 run(iterable, *consumers, window=None, engine=None) -> tuple
     Each consumer is any callable taking one iterator.  See help(lockstep.run).
+await arun(source, *consumers, window=None, engine=None) -> tuple
+    The same for async code: async sources, async def consumers, under
+    asyncio, uvloop and trio.  See help(lockstep.arun).
 Stream(*consumers, window=None, engine=None)
     The push side, for callback-driven sources.  See help(lockstep.Stream).
 run_bytes(source, *consumers, window=None, engine=None) -> tuple
@@ -40,6 +43,8 @@ from ._lockstep import (
     engines,
     run,
 )
+
+from ._lockstep import AsyncIterator, arun  # lockstep.arun: async sources and consumers
 
 __version__ = "0.1.0"
 # --------------------------------------------------------------------------
@@ -115,3 +120,4 @@ from ._bytes import DEFAULT_BYTES_WINDOW, Reader, run_bytes  # noqa: E402
 from ._lockstep import ByteIterator  # noqa: E402
 
 __all__ += ["run_bytes", "Reader", "ByteIterator", "DEFAULT_BYTES_WINDOW"]
+__all__ += ["arun", "AsyncIterator"]  # lockstep.arun (python/ext/async.c)

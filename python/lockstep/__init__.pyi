@@ -1,6 +1,7 @@
 # __init__.pyi: type stubs for the lockstep package (run, Stream, Iterator,
-# engines and the constants, and run_bytes with its Reader), which the C
-# extension lockstep._lockstep implements (Reader: lockstep/_bytes.py).
+# engines, the constants, arun with its AsyncIterator, and run_bytes with its
+# Reader), which the C extension lockstep._lockstep implements (Reader:
+# lockstep/_bytes.py).
 from types import TracebackType
 from typing import Any, Callable, Iterable, Iterator as _Iterator, Literal, Optional, Tuple, Type, TypeVar
 
@@ -78,6 +79,41 @@ class Stream:
         exc: Optional[BaseException],
         tb: Optional[TracebackType],
     ) -> bool: ...
+
+# --- lockstep.arun (python/ext/async.c) --------------------------------------
+
+from typing import AsyncIterable, AsyncIterator as _AsyncIterator, Awaitable, Generator, Union
+
+AsyncEngineName = Literal["greenlet", "buffer"]
+
+class AsyncIterator(_Iterator[_T], _AsyncIterator[_T]):
+    """The iterator lockstep.arun hands each consumer: `for` in a synchronous
+    consumer, `async for` in an async one; valid only inside it."""
+    @property
+    def active(self) -> bool: ...
+    @property
+    def position(self) -> int: ...
+    def __iter__(self) -> "AsyncIterator[_T]": ...
+    def __next__(self) -> _T: ...
+    def __aiter__(self) -> "AsyncIterator[_T]": ...
+    def __anext__(self) -> Awaitable[_T]: ...
+
+class ARun(Awaitable[Tuple[Any, ...]]):
+    """What arun() returns: await it once for the results tuple."""
+    def __await__(self) -> Generator[Any, Any, Tuple[Any, ...]]: ...
+    def send(self, value: Any, /) -> Any: ...
+    def throw(self, exc: BaseException, /) -> Any: ...
+    def close(self) -> None: ...
+
+def arun(
+    source: Union[Iterable[_T], AsyncIterable[_T]],
+    /,
+    *consumers: Callable[[AsyncIterator[_T]], Any],
+    window: Optional[int] = None,
+    engine: Optional[AsyncEngineName] = None,
+) -> ARun:
+    """Run every consumer (sync or async def) over one pass of source under
+    the running event loop; await it for their results."""
 
 # --- Byte streams (issue 13) ------------------------------------------------
 from io import BufferedIOBase
