@@ -958,10 +958,13 @@ static PySendResult drive(ARunObject *self, PyObject *value, PyObject *exc, PyOb
  * ARun: the awaitable arun() returns.
  * ------------------------------------------------------------------------ */
 
+#if PY_VERSION_HEX >= 0x030A0000
+/* am_send (3.10+): the loop's send(arg) runs the driver. */
 static PySendResult arun_am_send(ARunObject *self, PyObject *arg, PyObject **out)
 {
     return drive(self, arg, NULL, out);
 }
+#endif
 
 /* Turns a send result into what a send()/__next__ method returns. */
 static PyObject *send_result(PySendResult r, PyObject *out)
@@ -1189,7 +1192,9 @@ static PyType_Slot arun_slots[] = {
     {Py_tp_iter, PyObject_SelfIter},
     {Py_tp_iternext, arun_iternext},
     {Py_am_await, arun_await},
+#if PY_VERSION_HEX >= 0x030A0000 /* before: tp_iternext and send (pycompat.h) */
     {Py_am_send, arun_am_send},
+#endif
     {Py_tp_methods, arun_methods},
     {Py_tp_repr, arun_repr},
     {0, NULL},

@@ -236,7 +236,9 @@ static PyType_Slot anext_slots[] = {
     {Py_tp_iter, PyObject_SelfIter},
     {Py_tp_iternext, anext_iternext},
     {Py_am_await, aiter_self},
+#if PY_VERSION_HEX >= 0x030A0000 /* before: tp_iternext and send (pycompat.h) */
     {Py_am_send, anext_send},
+#endif
     {Py_tp_methods, anext_methods},
     {0, NULL},
 };
