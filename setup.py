@@ -61,11 +61,13 @@ ext = Extension(
     define_macros=[("_GNU_SOURCE", None), ("LOCKSTEP_FORCE_UCONTEXT", None),
                    ("LOCKSTEP_NO_GUARD_HANDLER", None),
                    ("LOCKSTEP_HAVE_GREENLET", "1" if GREENLET_INC else "0")],
-    depends=["include/lockstep.h", "src/internal.h", "src/fiber.h", "python/ext/binding.h", "python/ext/async.h"],
+    depends=["include/lockstep.h", "src/internal.h", "src/fiber.h", "src/fpmode.h",
+             "python/ext/binding.h", "python/ext/async.h"],
     extra_compile_args=["-std=gnu11", "-fvisibility=hidden", "-Wall", "-Wextra",
                         "-Wno-unused-parameter", "-Wno-missing-field-initializers",
                         "-Wno-cast-function-type"],
     extra_link_args=["-pthread"],
+    libraries=["m"],  # src/fpmode.h's portable path (fegetmode), under LOCKSTEP_FORCE_UCONTEXT
 )
 
 setup(

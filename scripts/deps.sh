@@ -15,6 +15,8 @@ declare -A PKG_GROUPS=(
   [cross]="gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user"
   [bench]="python3-matplotlib python3-uvloop python3-greenlet libboost-context-dev golang-go"
 )
+# python/tests/test_dask.py runs lockstep on a LocalCluster (examples/dask_partitions.py).
+PKG_GROUPS[python]+=" python3-dask python3-distributed python3-psutil"
 
 # lockstep.arun's tests run under asyncio, uvloop and trio (sniffio tells
 # them apart), and use aiostream as a third-party consumer.

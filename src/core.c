@@ -413,6 +413,7 @@ int lockstep__open_ops(lockstep_stream **out, const lockstep__engine_ops *ops, v
     s->n = n;
     s->live = n;
     s->backward = 1; /* round_begin flips it: consumers start in index order */
+    lockstep__fpmode_get(&s->fpmode);
     for (size_t i = 0; i < n; i++) {
         lockstep_iter *it = &s->iters[i];
         it->stream = s;

@@ -5,7 +5,8 @@
  * problem statement and the oracle the tests compare the other engines to.
  * By definition it ignores the pull bound (it reads everything) and cannot
  * handle infinite sources, but it keeps the deterministic outcome: the core
- * cancels each consumer at the winning failure's position.
+ * cancels each consumer at the winning failure's position.  Consumers get
+ * the caller's floating-point modes as on any engine (see buffer_finish).
  */
 #include "internal.h"
 
@@ -42,14 +43,21 @@ static int buffer_grow(lockstep_stream *s)
     return 0;
 }
 
-/* Runs each consumer over everything read, one after another. */
+/* Runs each consumer over everything read, one after another.  Each starts
+ * with the caller's floating-point modes from open, as a fiber or thread
+ * would, and its changes to them stay its own: the caller's are put back
+ * after it. */
 static int buffer_finish(lockstep_stream *s)
 {
+    lockstep__fpmode caller;
+    lockstep__fpmode_get(&caller);
     for (size_t i = 0; i < s->n; i++) {
         lockstep_iter *it = &s->iters[i];
         s->current = it;
         s->dispatching = 1;
+        lockstep__fpmode_load(&s->fpmode);
         int rc = it->consumer.fn(it, it->consumer.arg);
+        lockstep__fpmode_load(&caller);
         s->dispatching = 0;
         s->current = NULL;
         lockstep__consumer_finished(it, rc);

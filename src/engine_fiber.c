@@ -9,6 +9,14 @@
  * In lockstep_run the consumer that ends a round refills the window and
  * starts the next one (lockstep__round_again), so a round costs n switches
  * and a lone consumer never switches at all.
+ *
+ * Floating-point control modes (fpmode.h).  Every fiber keeps its own: the
+ * switch saves them, and a new fiber starts with the caller's at open.  The
+ * source, though, must run with the caller's modes even when a consumer's
+ * fiber calls it, so source_mode holds them while a consumer runs: a refill
+ * from a consumer loads them if that consumer's differ, records any change
+ * the source makes to its own, and puts the consumer's back.  The producer
+ * takes source_mode over when a round hands control back.
  */
 #include "fiber.h"
 #include "internal.h"
@@ -17,7 +25,20 @@ typedef struct {
     lockstep__fiber scheduler; /* the producer's context, saved while a consumer runs */
     lockstep__fiber *fibers;   /* one per consumer */
     size_t stack_size;
+    lockstep__fpmode source_mode; /* the source's (the caller's) modes while a consumer runs */
 } fiber_engine;
+
+/* lockstep__round_again, with the source's floating-point modes in force
+ * around it: it may call the source from the running consumer's fiber. */
+static inline __attribute__((always_inline)) lockstep_iter *round_again_as_caller(lockstep_stream *s)
+{
+    fiber_engine *e = s->engine;
+    lockstep__fpmode own;
+    lockstep__fpmode_enter(&e->source_mode, &own);
+    lockstep_iter *next = lockstep__round_again(s);
+    lockstep__fpmode_leave(&e->source_mode, &own);
+    return next;
+}
 
 /* The context to run after the current consumer: the next live one, or in
  * pull mode the next round's first (after refilling the window here), or
@@ -27,7 +48,7 @@ static inline __attribute__((always_inline)) lockstep__fiber *following(lockstep
     fiber_engine *e = s->engine;
     lockstep_iter *next = lockstep__round_next(s);
     if (next == NULL)
-        next = lockstep__round_again(s);
+        next = round_again_as_caller(s);
     return next ? next->engine_data : &e->scheduler;
 }
 
@@ -39,13 +60,18 @@ static void fiber_entry(void *arg)
     lockstep__fiber_exit(it->engine_data, following(it->stream));
 }
 
-/* One round: run the first live consumer; the others follow by hand-off. */
+/* One round: run the first live consumer; the others follow by hand-off.
+ * The producer's modes are the source's: consumers read them from
+ * source_mode, and the producer takes back what the source did to them. */
 static int fiber_dispatch(lockstep_stream *s)
 {
     fiber_engine *e = s->engine;
     lockstep_iter *first = lockstep__round_begin(s);
-    if (first != NULL)
+    if (first != NULL) {
+        lockstep__fpmode_get(&e->source_mode);
         lockstep__fiber_switch(&e->scheduler, first->engine_data);
+        lockstep__fpmode_load(&e->source_mode);
+    }
     if (s->dispatching) /* else the consumer that ended the last round did */
         lockstep__round_end(s);
     return 0;

@@ -676,11 +676,15 @@ static const void *thread_next_slow(lockstep_iter *it)
     }
 }
 
-/* Every consumer thread: run the function, then detach under the lock. */
+/* Every consumer thread: run the function, then detach under the lock.
+ * It starts with the caller's floating-point modes from open.  POSIX has a
+ * new thread inherit them from its creator, which is the caller here; the
+ * explicit load keeps that true where a C library or emulator does not. */
 static void *consumer_thread(void *arg)
 {
     thread_consumer *tc = arg;
     thread_engine *e = tc->e;
+    lockstep__fpmode_load(&e->s->fpmode);
     tl_iter = &tc->it;
     int rc = tc->it.consumer.fn(&tc->it, tc->it.consumer.arg);
     pthread_mutex_lock(&e->lock);

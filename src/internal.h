@@ -12,6 +12,7 @@
 #ifndef LOCKSTEP_INTERNAL_H
 #define LOCKSTEP_INTERNAL_H
 
+#include "fpmode.h"
 #include "lockstep.h"
 
 #include <stdatomic.h>
@@ -133,6 +134,10 @@ struct lockstep_stream {
      * so that paths filling one item at a time need no second case. */
     lockstep_read_fn read_fn;
     void *read_arg;
+
+    /* The caller's floating-point control modes when the stream was
+     * opened: every consumer starts with them (fpmode.h). */
+    lockstep__fpmode fpmode;
 
     lockstep_options opts;
 };

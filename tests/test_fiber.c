@@ -11,6 +11,7 @@
  */
 #include "fiber.h"
 #include "internal.h"
+#include "rounding.h"
 
 #include <fenv.h>
 #include <math.h>
@@ -271,51 +272,33 @@ static void test_args(void)
 /* --- Rounding mode is per context ------------------------------------------- */
 
 static lockstep__fiber fp_f;
-static volatile double fp_a = 1.0 / 3.0, fp_b = 0.7;
 static int fp_ok_first, fp_ok_resumed;
-
-/* Returns the rounding mode seen by double-to-float conversions (SSE
- * MXCSR / AArch64 FPCR; valgrind honours the mode for conversions):
- * FE_TONEAREST, FE_UPWARD, FE_DOWNWARD, or -1.  The nearest float to 1/3
- * lies above it and the nearest to 0.7 below, which tells them apart. */
-static int conv_mode(void)
-{
-    volatile float fa = (float)fp_a, fb = (float)fp_b;
-    int a_up = (double)fa > fp_a, b_up = (double)fb > fp_b;
-    if (a_up && !b_up)
-        return FE_TONEAREST;
-    if (a_up && b_up)
-        return FE_UPWARD;
-    if (!a_up && !b_up)
-        return FE_DOWNWARD;
-    return -1;
-}
 
 static void fp_entry(void *arg)
 {
     (void)arg;
     fesetround(FE_UPWARD);
-    fp_ok_first = fegetround() == FE_UPWARD && conv_mode() == FE_UPWARD;
+    fp_ok_first = fegetround() == FE_UPWARD && conversion_mode() == FE_UPWARD;
     lockstep__fiber_switch(&fp_f, &main_f);
-    fp_ok_resumed = fegetround() == FE_UPWARD && conv_mode() == FE_UPWARD;
+    fp_ok_resumed = fegetround() == FE_UPWARD && conversion_mode() == FE_UPWARD;
     lockstep__fiber_exit(&fp_f, &main_f);
 }
 
 static void test_rounding(void)
 {
     fesetround(FE_TONEAREST);
-    CHECK(conv_mode() == FE_TONEAREST);
+    CHECK(conversion_mode() == FE_TONEAREST);
     lockstep__fiber_init_current(&main_f);
     CHECK(lockstep__fiber_create(&fp_f, 64 * 1024, fp_entry, NULL) == 0);
     lockstep__fiber_switch(&main_f, &fp_f);
     CHECK(fp_ok_first);
     CHECK(fegetround() == FE_TONEAREST);
-    CHECK(conv_mode() == FE_TONEAREST);
+    CHECK(conversion_mode() == FE_TONEAREST);
     fesetround(FE_DOWNWARD);
     lockstep__fiber_switch(&main_f, &fp_f);
     CHECK(fp_ok_resumed);
     CHECK(fegetround() == FE_DOWNWARD);
-    CHECK(conv_mode() == FE_DOWNWARD);
+    CHECK(conversion_mode() == FE_DOWNWARD);
     fesetround(FE_TONEAREST);
     lockstep__fiber_destroy(&fp_f);
 }

@@ -107,6 +107,7 @@ typedef struct {
     PyObject *result;  /* its return value */
     PyObject *exc;     /* the exception it raised, traceback attached */
     IterObject *iter;  /* the iterator it was given */
+    PyObject *context; /* its own copy of the caller's contextvars context, taken at open */
     runstate *rs;
     int begun;         /* greenlet engine: its greenlet has started */
 } slot;

@@ -91,9 +91,17 @@ static int consumer_entry(lockstep_iter *it, void *arg)
         sl->exc = pyls_fetch_exception();
         goto done;
     }
+    /* Its own copy of the caller's context (see pyls_rs_open): entered here
+     * on every engine, so its ContextVar.set() calls stay in the copy. */
+    if (PyContext_Enter(sl->context) < 0) {
+        sl->exc = pyls_fetch_exception();
+        goto done;
+    }
     pyls_tls_current = it;
     PyObject *result = PyObject_CallOneArg(sl->consumer, (PyObject *)sl->iter);
     pyls_tls_current = saved;
+    if (PyContext_Exit(sl->context) < 0)
+        Py_CLEAR(result); /* it left another context entered: RuntimeError */
     sl->iter->it = NULL;
     if (result == NULL) {
         sl->exc = pyls_fetch_exception();
@@ -239,6 +247,7 @@ void pyls_rs_clear(runstate *rs)
         Py_CLEAR(sl->result);
         Py_CLEAR(sl->exc);
         Py_CLEAR(sl->iter);
+        Py_CLEAR(sl->context);
     }
     PyMem_Free(rs->slots);
     rs->slots = NULL;
@@ -273,6 +282,14 @@ int pyls_rs_open(runstate *rs)
     lockstep_consumer *cs = pyls_consumers_make(consumer_entry, rs->slots, sizeof *rs->slots, rs->n);
     if (cs == NULL)
         return -1;
+    for (size_t i = 0; i < rs->n; i++) {
+        /* Taken now, when run() is called or the Stream created, as an
+         * asyncio task copies the context when it is created. */
+        if ((rs->slots[i].context = PyContext_CopyCurrent()) == NULL) {
+            PyMem_Free(cs);
+            return -1;
+        }
+    }
     /* A byte run (bytes.c) holds bytes; run() and Stream hold references. */
     size_t item_size = rs->bytes ? 1 : sizeof(PyObject *);
     lockstep_options o;

@@ -330,6 +330,7 @@ static int stream_traverse(StreamObject *self, visitproc visit, void *arg)
         Py_VISIT(rs->slots[i].consumer);
         Py_VISIT(rs->slots[i].result);
         Py_VISIT(rs->slots[i].exc);
+        Py_VISIT(rs->slots[i].context);
     }
     Py_VISIT(rs->src_exc);
     Py_VISIT(rs->lib_exc);
