@@ -35,6 +35,10 @@
  */
 #include "async.h"
 
+/* PyPy's C-API layer lacks what arun is built on (am_send, the contextvars
+ * C API): no arun there (module.c and lockstep/__init__.py leave it out). */
+#ifndef PYPY_VERSION
+
 #if LOCKSTEP_HAVE_GREENLET
 #  include "greenlet.h"
 #endif
@@ -958,8 +962,7 @@ static PySendResult drive(ARunObject *self, PyObject *value, PyObject *exc, PyOb
  * ARun: the awaitable arun() returns.
  * ------------------------------------------------------------------------ */
 
-#if PY_VERSION_HEX >= 0x030A0000
-/* am_send (3.10+): the loop's send(arg) runs the driver. */
+#if PY_VERSION_HEX >= 0x030A0000 /* am_send exists from 3.10 on */
 static PySendResult arun_am_send(ARunObject *self, PyObject *arg, PyObject **out)
 {
     return drive(self, arg, NULL, out);
@@ -1400,3 +1403,5 @@ fail:
     Py_DECREF(self);
     return NULL;
 }
+
+#endif /* !PYPY_VERSION */
