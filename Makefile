@@ -18,7 +18,7 @@ JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?=
 DEPS = scripts/deps.sh
 
-.PHONY: all build python test-python demo test test-release test-asan test-asan-clang test-tsan \
+.PHONY: all build python test-python test-pyversions demo test test-release test-asan test-asan-clang test-tsan \
         test-valgrind test-ucontext test-aarch64 test-fuzz fuzz bench install clean
 
 all: build python
@@ -89,6 +89,14 @@ test-python: python
 	$(PYTHON) -m pytest -q python/tests
 	LOCKSTEP_NO_GREENLET=1 $(PYTHON) -m pytest -q python/tests
 
+# The Python version matrix: CPython 3.9 to 3.13 (pyenv) and Debian's PyPy,
+# each in its own virtualenv under build-py/ with the pins of
+# python/requirements-test.txt; the whole suite, with and without greenlet.
+TEST_ALL_LEGS += test-pyversions
+test-pyversions:
+	@$(DEPS) python pypy
+	scripts/pyversions.sh
+
 # ASan + UBSan with gcc, then with clang.  The scale test shrinks 4x: the
 # sanitizers make every item cost ten times more, and 2,500 consumers over
 # 25,000 items still crosses every window and page boundary.
@@ -153,7 +161,7 @@ install: build python
 	cmake --install build --prefix $(PREFIX)
 
 clean:
-	rm -rf build build-asan build-asan-clang build-tsan build-ucontext build-aarch64 build-bench-ucontext build-fuzz python/build
+	rm -rf build build-py build-asan build-asan-clang build-tsan build-ucontext build-aarch64 build-bench-ucontext build-fuzz python/build
 	rm -f python/lockstep/_lockstep*.so
 
 , := ,

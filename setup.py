@@ -25,6 +25,8 @@ def greenlet_include():
     """The directory holding greenlet.h, or None."""
     if os.environ.get("LOCKSTEP_NO_GREENLET_BUILD"):
         return None
+    if sys.implementation.name == "pypy":  # PyPy's greenlet module has no C API
+        return None
     candidates = [os.path.join(sysconfig.get_paths()["include"], "greenlet"),
                   os.path.join(sys.prefix, "include", "site",
                                f"python{sys.version_info[0]}.{sys.version_info[1]}", "greenlet")]
@@ -62,7 +64,7 @@ ext = Extension(
                    ("LOCKSTEP_NO_GUARD_HANDLER", None),
                    ("LOCKSTEP_HAVE_GREENLET", "1" if GREENLET_INC else "0")],
     depends=["include/lockstep.h", "src/internal.h", "src/fiber.h", "src/fpmode.h",
-             "python/ext/binding.h", "python/ext/async.h"],
+             "python/ext/binding.h", "python/ext/pycompat.h", "python/ext/async.h"],
     extra_compile_args=["-std=gnu11", "-fvisibility=hidden", "-Wall", "-Wextra",
                         "-Wno-unused-parameter", "-Wno-missing-field-initializers",
                         "-Wno-cast-function-type"],
@@ -73,5 +75,6 @@ ext = Extension(
 setup(
     ext_modules=[ext],
     # Keep setuptools' scratch files out of the way of CMake's build/.
-    options={"build": {"build_base": "python/build"}},
+    # LOCKSTEP_BUILD_BASE: scripts/pyversions.sh gives each interpreter its own.
+    options={"build": {"build_base": os.environ.get("LOCKSTEP_BUILD_BASE", "python/build")}},
 )

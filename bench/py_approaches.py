@@ -288,6 +288,8 @@ async def _fan_out(iterable, async_consumers):
 
 def run_asyncio(iterable, async_consumers):
     """Run async consumers over one iterator on a fresh asyncio event loop."""
+    if not hasattr(asyncio, "Runner"):  # before 3.11 (PyPy 3.9): the same, older spelling
+        return asyncio.run(_fan_out(iterable, async_consumers))
     with asyncio.Runner() as runner:
         return runner.run(_fan_out(iterable, async_consumers))
 

@@ -23,6 +23,11 @@ Run with Debian's interpreter, which has greenlet and uvloop:
     /usr/bin/python3 bench/py_bench.py --json bench/py_results.json
     /usr/bin/python3 bench/py_bench.py --quick
     /usr/bin/python3 bench/py_bench.py --pythonpath build/python --window-sweep
+
+Under PyPy (no tracemalloc there, so no memory column), with the copy of
+lockstep that make test-pyversions installs into its PyPy virtualenv:
+
+    build-py/pypy3/venv/bin/python bench/py_bench.py
 """
 
 import argparse
@@ -34,7 +39,12 @@ import platform
 import statistics
 import sys
 import time
-import tracemalloc
+
+try:
+    import tracemalloc
+    tracemalloc.get_traced_memory  # PyPy has the module, not its C half
+except (ImportError, AttributeError):  # PyPy: the memory column is left empty
+    tracemalloc = None
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import py_approaches as A  # noqa: E402  (needs the path line above)
@@ -90,8 +100,9 @@ def lockstep_rows(lockstep):
     for engine in ("greenlet", "thread"):
         for window in (1, None):
             label = "default" if window is None else str(window)
+            missing = None if engine in lockstep.engines() else "engine not in this build (PyPy)"
             rows.append(Row(f"lockstep {engine}, window={label}",
-                            lockstep_call(lockstep, engine, window)))
+                            lockstep_call(lockstep, engine, window), unavailable=missing))
     rows.append(Row("lockstep buffer, window=default", lockstep_call(lockstep, "buffer", None)))
     return rows
 
@@ -376,6 +387,8 @@ def parse_args(argv):
         args.repeats = 5 if args.quick else 7
     if args.budget_s is None:
         args.budget_s = 1.0 if args.quick else 8.0
+    if tracemalloc is None:
+        args.no_memory = True
     args.slow_s = 1.0       # rows estimated slower than this skip the warm-up
     args.sweep_repeats = 3
     return args

@@ -12,6 +12,7 @@ declare -A PKG_GROUPS=(
   [sanitize]="clang libclang-rt-14-dev valgrind"
   [venv]="python3-venv"
   [python]="python3-dev python3-pytest python3-greenlet python-greenlet-dev python3-setuptools python3-pip"
+  [pypy]="pypy3 pypy3-dev"
   [cross]="gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user"
   [bench]="python3-matplotlib python3-uvloop python3-greenlet libboost-context-dev golang-go"
 )

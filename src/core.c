@@ -161,11 +161,42 @@ void lockstep__consumer_finished(lockstep_iter *it, int rc)
     lockstep_stream *s = it->stream;
     it->code = rc;
     it->done = 1;
-    s->live--;
+    if (!it->detached)
+        lockstep__detach_mark(it);
+    /* Ranked where it left the live set: as if it had returned there, so
+     * the outcome does not depend on how long it ran after detaching. */
     if (rc != 0 && !it->cancelled)
-        lockstep__record_failure(s, lockstep__iter_pos(it),
-                                 it->finished ? LOCKSTEP__RANK_AFTER_END + it->index : it->index,
+        lockstep__record_failure(s, it->detach_pos,
+                                 it->detached_at_end ? LOCKSTEP__RANK_AFTER_END + it->index
+                                                     : it->index,
                                  rc);
+}
+
+/* See internal.h. */
+void lockstep__detach_mark(lockstep_iter *it)
+{
+    lockstep_stream *s = it->stream;
+    it->detach_pos = lockstep__iter_pos(it);
+    it->detached_at_end = it->finished;
+    it->detached = 1;
+    lockstep__iter_park(it, it->detach_pos);
+    s->live--;
+}
+
+/* See internal.h.  Engines that run one consumer at a time need no lock:
+ * only the running consumer may detach, and nobody else reads its fields
+ * until it passes control on. */
+int lockstep__detach(lockstep_iter *it)
+{
+    if (NEVER(it == NULL))
+        return LOCKSTEP_EINVAL;
+    if (it->stream->ops->detach != NULL)
+        return it->stream->ops->detach(it);
+    if (!lockstep__iter_is_current(it))
+        return LOCKSTEP_EPERM;
+    if (!it->detached)
+        lockstep__detach_mark(it);
+    return 0;
 }
 
 /* The body of every cooperative consumer context. */

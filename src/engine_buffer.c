@@ -77,7 +77,7 @@ static const void *buffer_next_slow(lockstep_iter *it)
 {
     lockstep_stream *s = it->stream;
     int must_wait;
-    if (!lockstep__iter_is_current(it))
+    if (!lockstep__iter_is_current(it) || it->detached)
         return NULL;
     const void *item = lockstep__next_step(it, &must_wait);
     if (NEVER(must_wait))

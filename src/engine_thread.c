@@ -609,6 +609,8 @@ static const void *thread_next_slow(lockstep_iter *it)
     }
     thread_consumer *tc = (thread_consumer *)(void *)it;
     thread_engine *e = tc->e;
+    if (it->detached)
+        return NULL; /* parked at its detach position, as after the end */
     uint64_t pos = lockstep__iter_pos(it);
     for (int spins = 0;;) {
         /* Snapshot in this order.  The predecessor's gate before
@@ -676,27 +678,17 @@ static const void *thread_next_slow(lockstep_iter *it)
     }
 }
 
-/* Every consumer thread: run the function, then detach under the lock.
- * It starts with the caller's floating-point modes from open.  POSIX has a
- * new thread inherit them from its creator, which is the caller here; the
- * explicit load keeps that true where a C library or emulator does not. */
-static void *consumer_thread(void *arg)
+/* Takes tc out of the chain (under the lock): it releases what it still
+ * holds (its segment and any published after) and its successor follows
+ * its predecessor.  Returns the successor to wake, or NULL. */
+static thread_consumer *leave_chain(thread_consumer *tc)
 {
-    thread_consumer *tc = arg;
     thread_engine *e = tc->e;
-    lockstep__fpmode_load(&e->s->fpmode);
-    tl_iter = &tc->it;
-    int rc = tc->it.consumer.fn(&tc->it, tc->it.consumer.arg);
-    pthread_mutex_lock(&e->lock);
-    lockstep__consumer_finished(&tc->it, rc);
     e->attached--;
-    /* Release what it still holds: its segment and any published after. */
     uint64_t published = atomic_load(&e->published);
     for (uint64_t j = tc->seg; j < published; j++)
         release_slot(e, j % e->n_slots);
     tc->seg = published;
-    /* Mirror a failure before unlinking: see the snapshot in next_slow. */
-    int moved = mirror_failure(e);
     thread_consumer *p = atomic_load(&tc->pred), *q = atomic_load(&tc->succ);
     if (p != NULL)
         atomic_store(&p->succ, q);
@@ -704,12 +696,65 @@ static void *consumer_thread(void *arg)
         atomic_store(&e->head, q);
     if (q != NULL)
         atomic_store(&q->pred, p);
+    return q;
+}
+
+/* Records that tc's function returned rc and, unless it detached before,
+ * takes it out of the chain; then wakes whoever must learn of it. */
+static void consumer_returned(thread_consumer *tc, int rc)
+{
+    thread_engine *e = tc->e;
+    thread_consumer *q = NULL;
+    pthread_mutex_lock(&e->lock);
+    int was_detached = tc->it.detached;
+    lockstep__consumer_finished(&tc->it, rc);
+    /* Mirror a failure before unlinking: see the snapshot in next_slow. */
+    int moved = mirror_failure(e);
+    if (!was_detached)
+        q = leave_chain(tc);
     pthread_mutex_unlock(&e->lock);
     if (q != NULL)
         word_notify(&q->word); /* it follows someone else now */
     if (moved)
         announce_failure(e);
     mark_primed(tc);
+}
+
+/* detach: as a return without a code, on the consumer's own thread. */
+static int thread_detach(lockstep_iter *it)
+{
+    thread_engine *e = it->stream->engine;
+    if (NEVER(tl_iter != it)) {
+        pthread_mutex_lock(&e->lock);
+        it->stream->misuse = LOCKSTEP_EPERM;
+        pthread_mutex_unlock(&e->lock);
+        return LOCKSTEP_EPERM;
+    }
+    if (it->detached)
+        return 0;
+    thread_consumer *tc = (thread_consumer *)(void *)it;
+    pay_debt(tc);
+    pthread_mutex_lock(&e->lock);
+    lockstep__detach_mark(it);
+    thread_consumer *q = leave_chain(tc);
+    pthread_mutex_unlock(&e->lock);
+    if (q != NULL)
+        word_notify(&q->word);
+    mark_primed(tc);
+    return 0;
+}
+
+/* Every consumer thread: run the function, then detach under the lock.
+ * It starts with the caller's floating-point modes from open.  POSIX has a
+ * new thread inherit them from its creator, which is the caller here; the
+ * explicit load keeps that true where a C library or emulator does not. */
+static void *consumer_thread(void *arg)
+{
+    thread_consumer *tc = arg;
+    lockstep__fpmode_load(&tc->e->s->fpmode);
+    tl_iter = &tc->it;
+    int rc = tc->it.consumer.fn(&tc->it, tc->it.consumer.arg);
+    consumer_returned(tc, rc);
     tl_iter = NULL;
     return NULL;
 }
@@ -869,4 +914,5 @@ const lockstep__engine_ops lockstep__engine_thread = {
     .destroy = thread_destroy,
     .next_slow = thread_next_slow,
     .check_producer = thread_check_producer,
+    .detach = thread_detach,
 };

@@ -56,6 +56,9 @@ struct lockstep_iter {
     unsigned cancelled : 1;          /* lockstep_next returned NULL because of a failure */
     unsigned finished : 1;           /* lockstep_next returned NULL at the end of the stream */
     unsigned started : 1;            /* the engine has made its context */
+    unsigned detached : 1;           /* lockstep__detach: left the live set, may still run */
+    unsigned detached_at_end : 1;    /* it had seen the end when it detached */
+    uint64_t detach_pos;             /* its position when it detached */
     int code;                        /* what the consumer returned */
     void *engine_data;               /* the engine's per-consumer context */
 };
@@ -175,6 +178,13 @@ struct lockstep__engine_ops {
      * (it is one of s's own consumers), else 0.  Called before any other
      * field of s is read, so that such a call is refused without a race. */
     int (*check_producer)(const lockstep_stream *s);
+
+    /* Optional, for engines whose consumers run on other threads: does
+     * lockstep__detach(it) on the consumer's own thread, with the engine's
+     * locking (lockstep__detach_mark, then whatever it->consumer held).
+     * NULL: the core's version, for engines that run one consumer at a
+     * time.  Returns 0 or a negative code (misuse). */
+    int (*detach)(lockstep_iter *it);
 };
 
 extern const lockstep__engine_ops lockstep__engine_fiber;
@@ -196,6 +206,22 @@ void lockstep__record_failure(lockstep_stream *s, uint64_t pos, size_t rank, int
 
 /* Records that it's consumer returned rc (not thread-safe). */
 void lockstep__consumer_finished(lockstep_iter *it, int rc);
+
+/* Makes it's consumer leave the live set as if it had returned at its
+ * current position: parks it there, remembers that position (a failure it
+ * returns later is ranked there) and counts it out of s->live.  Not
+ * thread-safe (threaded engines call it under their lock); it must be
+ * neither done nor detached. */
+void lockstep__detach_mark(lockstep_iter *it);
+
+/* Detaches the calling consumer, it (see lockstep__detach_mark): the
+ * other consumers and the producer stop waiting for it, its later
+ * lockstep_next, lockstep_take and lockstep_read return NULL (0) as at the
+ * end, without lockstep_cancelled, and its return still records its code.
+ * Detaching twice is harmless.  Returns 0; LOCKSTEP_EINVAL for NULL, or
+ * LOCKSTEP_EPERM when it is not the running consumer's own iterator (the
+ * run then returns LOCKSTEP_EPERM, as for lockstep_next). */
+LOCKSTEP_API int lockstep__detach(lockstep_iter *it);
 
 /* Runs the consumer's function and records how it ended.  Engines call it
  * as the body of each consumer's context. */
@@ -472,7 +498,7 @@ static inline int lockstep__iter_is_current(lockstep_iter *it)
 LOCKSTEP__HOT const void *lockstep__next_slow_with(lockstep_iter *it,
                                                    int (*pass_on)(lockstep_iter *))
 {
-    if (!lockstep__iter_is_current(it))
+    if (!lockstep__iter_is_current(it) || it->detached)
         return NULL;
     for (;;) {
         int must_wait;

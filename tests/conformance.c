@@ -1324,6 +1324,125 @@ static void test_errors_and_version(void)
     CHECK(o.engine == LOCKSTEP_ENGINE_FIBER && o.window == 0 && o.report == NULL);
 }
 
+/* --- lockstep__detach: a consumer that closes its reader and goes on. --- */
+
+/* A consumer that reads `stop` bytes, detaches, checks that its iterator
+ * now behaves as at the end (not cancelled), optionally waits (thread
+ * engine only) until `wait_for` is set, and returns `code`. */
+typedef struct {
+    uint64_t stop;
+    int code;
+    int read_to_end;         /* read until the end first, then detach */
+    _Atomic int *wait_for;   /* NULL: do not wait */
+    _Atomic int *done_flag;  /* set once it returns, if not NULL */
+    uint64_t count;
+    int after_ok;            /* what it saw after detaching was right */
+} detacher;
+
+static int detach_consumer(lockstep_iter *it, void *arg)
+{
+    detacher *d = arg;
+    unsigned char b;
+    while ((d->read_to_end || d->count < d->stop) && lockstep_read(it, &b, 1) == 1)
+        d->count++;
+    int ok = lockstep__detach(it) == 0 && lockstep__detach(it) == 0;
+    size_t count = 99;
+    ok = ok && lockstep_next(it) == NULL && lockstep_take(it, 5, &count) == NULL && count == 0 &&
+         lockstep_read(it, &b, 1) == 0 && !lockstep_cancelled(it) &&
+         lockstep_position(it) == d->count;
+    d->after_ok = ok;
+    if (d->wait_for != NULL)
+        while (!atomic_load(d->wait_for))
+            sched_yield();
+    if (d->done_flag != NULL)
+        atomic_store(d->done_flag, 1);
+    return d->code;
+}
+
+/* Reads everything, then sets its flag. */
+typedef struct {
+    byte_reader r;
+    _Atomic int *done_flag;
+    int code;
+} flagged_reader;
+
+static int flagged_read(lockstep_iter *it, void *arg)
+{
+    flagged_reader *f = arg;
+    read_bytes(it, &f->r);
+    atomic_store(f->done_flag, 1);
+    return f->code;
+}
+
+static void test_detach(void)
+{
+    static const size_t windows[] = {1, 7, 4096, 0};
+    int threads = engine == LOCKSTEP_ENGINE_THREAD;
+    for (size_t w = 0; w < sizeof windows / sizeof windows[0]; w++) {
+        uint64_t n = windows[w] == 1 ? 2000 : 50000;
+        /* It detaches and keeps running until the other has read the whole
+         * stream: on the thread engine that is possible only if it no
+         * longer holds the window (else this run would never end). */
+        _Atomic int other_done = 0;
+        detacher d = {10, 0, 0, threads ? &other_done : NULL, NULL, 0, 0};
+        flagged_reader f = {{7, UINT64_MAX, 0, 0}, &other_done, 0};
+        lockstep_consumer cs[2] = {{detach_consumer, &d}, {flagged_read, &f}};
+        byte_source b = {0, n, 0, 0};
+        lockstep_report rep;
+        lockstep_options o = opts(windows[w], &rep);
+        CHECK_EQ(lockstep_run_read(byte_read, &b, 1, cs, 2, &o), 0);
+        CHECK_EQ(d.count, 10);
+        CHECK(d.after_ok);
+        CHECK_EQ(f.r.count, n);
+        CHECK_EQ(f.r.sum, byte_sum(n));
+
+        /* A failure returned after detaching ranks where it detached: it
+         * wins over a later failure of a consumer that returned first. */
+        other_done = 0;
+        d = (detacher){10, -5, 0, threads ? &other_done : NULL, NULL, 0, 0};
+        f = (flagged_reader){{7, 1000, 0, 0}, &other_done, -6};
+        b = (byte_source){0, n, 0, 0};
+        CHECK_EQ(lockstep_run_read(byte_read, &b, 1, cs, 2, &o), -5);
+        CHECK_EQ(rep.failed, 0);
+        CHECK_EQ(rep.position, 10);
+        CHECK(d.after_ok);
+        /* ... and loses to an earlier one. */
+        other_done = 0;
+        d = (detacher){100, -5, 0, threads ? &other_done : NULL, NULL, 0, 0};
+        f = (flagged_reader){{7, 50, 0, 0}, &other_done, -6};
+        b = (byte_source){0, n, 0, 0};
+        CHECK_EQ(lockstep_run_read(byte_read, &b, 1, cs, 2, &o), -6);
+        CHECK_EQ(rep.failed, 1);
+        CHECK_EQ(rep.position, 50);
+
+        /* Detached after seeing the end: its failure counts, at the end. */
+        other_done = 0;
+        d = (detacher){0, -5, 1, NULL, NULL, 0, 0};
+        f = (flagged_reader){{7, UINT64_MAX, 0, 0}, &other_done, 0};
+        lockstep_consumer swapped[2] = {{flagged_read, &f}, {detach_consumer, &d}};
+        b = (byte_source){0, n, 0, 0};
+        CHECK_EQ(lockstep_run_read(byte_read, &b, 1, swapped, 2, &o), -5);
+        CHECK_EQ(rep.failed, 1);
+        CHECK_EQ(rep.position, n);
+        CHECK_EQ(d.count, n);
+        CHECK(d.after_ok);
+
+        if (is_buffer)
+            continue;
+        /* Both detach on an endless source and go on computing: the run
+         * reads at most window - 1 bytes past the last detach, and on the
+         * thread engine the producer stops before either returns. */
+        detacher d2[2] = {{30, 0, 0, NULL, NULL, 0, 0}, {500, 0, 0, NULL, NULL, 0, 0}};
+        lockstep_consumer both[2] = {{detach_consumer, &d2[0]}, {detach_consumer, &d2[1]}};
+        b = (byte_source){0, UINT64_MAX, 0, 0};
+        CHECK_EQ(lockstep_run_read(byte_read, &b, 1, both, 2, &o), 0);
+        CHECK(d2[0].after_ok && d2[1].after_ok);
+        CHECK(b.produced >= 500 && b.produced <= 500 + rep.window - 1);
+    }
+    /* From the producer, or another consumer: misuse. */
+    CHECK_EQ(lockstep__detach(NULL), LOCKSTEP_EINVAL);
+}
+
 int main(int argc, char **argv)
 {
     if (!engine_arg(argc, argv, &engine))
@@ -1351,6 +1470,7 @@ int main(int argc, char **argv)
     test_push();
     test_take_and_read();
     test_bytes_detach_and_bound();
+    test_detach();
     test_run_read_bad_input();
     test_default_window_by_item_size();
     test_read_pipeline();

@@ -51,6 +51,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include "pycompat.h"
+
 #include "internal.h"
 
 /* greenlet.h is included by greenlet_engine.c and async_driver.c alone: it
@@ -90,6 +92,9 @@ typedef struct {
     PyTypeObject *aiter_type; /* lockstep.AsyncIterator (async_iter.c) */
     PyTypeObject *arun_type;  /* what arun() returns (async_driver.c) */
     PyTypeObject *anext_type; /* what AsyncIterator.__anext__ returns (async_iter.c) */
+#ifdef PYPY_VERSION
+    PyObject *pypy_tick;   /* a Python-level no-op: calling it runs PyPy's signal handlers */
+#endif
 } modstate;
 
 typedef struct runstate runstate;
@@ -312,6 +317,14 @@ static inline int pyls_rs_tick(runstate *rs)
 {
     if (NEVER(++rs->tick >= PYLOCKSTEP_SIGNAL_EVERY)) {
         rs->tick = 0;
+#ifdef PYPY_VERSION
+        /* PyPy's cpyext leaves PyErr_CheckSignals a no-op; its signal
+         * handlers run when Python code does, so run a little. */
+        PyObject *r = PyObject_CallNoArgs(rs->st->pypy_tick);
+        if (r == NULL)
+            return -1;
+        Py_DECREF(r);
+#endif
         return PyErr_CheckSignals();
     }
     return 0;

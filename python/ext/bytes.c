@@ -174,6 +174,26 @@ static PyObject *bytes_get_position(IterObject *self, void *closure)
     return it == NULL ? NULL : PyLong_FromUnsignedLongLong(lockstep_position(it));
 }
 
+/* detach(): the consumer leaves the run as if it had returned here
+ * (lockstep__detach): the others and the source stop waiting for it, and
+ * its later reads return b''.  Returns True, or False (doing nothing) when
+ * called outside the running consumer it belongs to, as Reader.close()
+ * may be from a finalizer after the run. */
+static PyObject *bytes_detach(IterObject *self, PyObject *unused)
+{
+    (void)unused;
+    lockstep_iter *it = self->it;
+    if (it == NULL || it != pyls_tls_current)
+        Py_RETURN_FALSE;
+#if LOCKSTEP_HAVE_GREENLET
+    if (self->engine == ENG_GREENLET && pyls_greenlet_current() != self->greenlet)
+        Py_RETURN_FALSE;
+#endif
+    if (lockstep__detach(it) < 0)
+        return pyls_raise_code(LOCKSTEP_EPERM);
+    Py_RETURN_TRUE;
+}
+
 /* ByteIterators hold no Python references, so they need no GC. */
 static void bytes_dealloc(IterObject *self)
 {
@@ -191,6 +211,9 @@ static PyMethodDef bytes_methods[] = {
      "readline1(limit) -> bytes: up to the first newline in hand, at most limit bytes."},
     {"peek", (PyCFunction)bytes_peek, METH_NOARGS,
      "peek() -> bytes: the bytes in hand, not consumed; b'' at the end."},
+    {"detach", (PyCFunction)bytes_detach, METH_NOARGS,
+     "detach() -> bool: leave the run now, as if the consumer returned here;\n"
+     "later reads return b''.  False (a no-op) outside its own consumer."},
     {NULL},
 };
 
@@ -242,7 +265,20 @@ long pyls_rs_read(void *arg, void *items, size_t max)
      * on it raise ValueError, as a released memoryview does.  There is no
      * exporter to release (PyMemoryView_FromMemory). */
 #ifndef PYPY_VERSION
-    ((PyMemoryViewObject *)view)->mbuf->flags |= _Py_MANAGED_BUFFER_RELEASED;
+    /* The mark cannot reach a buffer export of the view or of a slice
+     * (ctypes from_buffer, numpy.frombuffer: they hold a raw pointer).
+     * The view's own exports show that; a slice still alive (the mbuf
+     * counts every view on it, ours included) might hold one: refuse both,
+     * as a source that keeps part of its buffer after readinto is broken. */
+    PyMemoryViewObject *mv = (PyMemoryViewObject *)view;
+    int kept = mv->exports > 0 || mv->mbuf->exports > 1;
+    mv->mbuf->flags |= _Py_MANAGED_BUFFER_RELEASED;
+    if (kept && r != NULL) {
+        Py_CLEAR(r);
+        PyErr_SetString(PyExc_BufferError,
+                        "lockstep.run_bytes: readinto kept a slice or a buffer export of its "
+                        "buffer, which lies in the window");
+    }
 #else /* cpyext has no managed buffers to mark: release the view itself */
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
@@ -254,7 +290,14 @@ long pyls_rs_read(void *arg, void *items, size_t max)
     Py_DECREF(view);
     if (r == NULL)
         goto failed;
-    Py_ssize_t n = r == Py_None ? -1 : PyNumber_AsSsize_t(r, PyExc_OverflowError);
+    if (r == Py_None) { /* a non-blocking source with no data yet */
+        Py_DECREF(r);
+        PyErr_SetString(PyExc_BlockingIOError,
+                        "lockstep.run_bytes: readinto returned None (a non-blocking source "
+                        "with no data yet); give run_bytes a blocking one");
+        goto failed;
+    }
+    Py_ssize_t n = PyNumber_AsSsize_t(r, PyExc_OverflowError);
     Py_DECREF(r);
     if (n == -1 && PyErr_Occurred())
         goto failed;

@@ -359,10 +359,16 @@ void pyls_greenlet_pull(runstate *rs, PyObject *src)
 
 int pyls_greenlet_load(void)
 {
+#ifdef PYPY_VERSION
+    PyErr_SetString(PyExc_ImportError,
+                    "lockstep engine 'greenlet' is unavailable on PyPy, whose greenlet module "
+                    "has no C API; pass engine='thread'");
+#else
     PyErr_SetString(PyExc_ImportError,
                     "lockstep engine 'greenlet' is unavailable: this build of lockstep was "
                     "compiled without greenlet's C headers (python-greenlet-dev); pass "
                     "engine='thread'");
+#endif
     return -1;
 }
 

@@ -119,8 +119,23 @@ PyDoc_STRVAR(iter_doc,
 "using it after that consumer returned, from another consumer, or from\n"
 "another thread raises RuntimeError.");
 
+#if PY_VERSION_HEX < 0x030A0000
+/* Before 3.10 (and on PyPy 3.9) Py_TPFLAGS_DISALLOW_INSTANTIATION does not
+ * exist (pycompat.h): this refuses lockstep.Iterator() as the flag does. */
+static PyObject *iter_refuse_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    (void)args;
+    (void)kwargs;
+    PyErr_Format(PyExc_TypeError, "cannot create '%s' instances", type->tp_name);
+    return NULL;
+}
+#endif
+
 static PyType_Slot iter_slots[] = {
     {Py_tp_doc, (void *)iter_doc},
+#if PY_VERSION_HEX < 0x030A0000
+    {Py_tp_new, iter_refuse_new},
+#endif
     {Py_tp_dealloc, iter_dealloc},
     {Py_tp_iter, PyObject_SelfIter},
     {Py_tp_iternext, iter_next},

@@ -65,22 +65,46 @@ static PyObject *py_fault_arm(PyObject *m, PyObject *const *args, Py_ssize_t nar
 static PyMethodDef module_methods[] = {
     {"run", (PyCFunction)(void (*)(void))pyls_run, METH_FASTCALL | METH_KEYWORDS, pyls_run_doc},
     {"engines", py_engines, METH_NOARGS, engines_doc},
+#ifndef PYPY_VERSION /* async_driver.c says why */
     {"arun", (PyCFunction)(void (*)(void))pyls_arun, METH_FASTCALL | METH_KEYWORDS, pyls_arun_doc},
+#endif
     {"run_read", (PyCFunction)(void (*)(void))pyls_run_read, METH_FASTCALL | METH_KEYWORDS,
      pyls_run_read_doc},
     {"_fault_arm", (PyCFunction)(void (*)(void))py_fault_arm, METH_FASTCALL, NULL},
     {NULL},
 };
 
+#ifdef PYPY_VERSION
+/* What PyPy's C-API layer needs before a run: its GIL made, which CPython
+ * does at startup and PyPy only when a thread is first started (the thread
+ * engine's consumer threads take it with PyGILState_Ensure), and the no-op
+ * pyls_rs_tick calls to let PyPy run signal handlers.  Returns 0 or -1. */
+static int pypy_prepare(modstate *st)
+{
+    PyEval_InitThreads();
+    PyObject *globals = Py_BuildValue("{sO}", "__builtins__", PyEval_GetBuiltins());
+    if (globals == NULL)
+        return -1;
+    st->pypy_tick = PyRun_String("lambda: None", Py_eval_input, globals, globals);
+    Py_DECREF(globals);
+    return st->pypy_tick != NULL ? 0 : -1;
+}
+#endif
+
 static int module_exec(PyObject *m)
 {
     modstate *st = PyModule_GetState(m);
+#ifdef PYPY_VERSION
+    if (pypy_prepare(st) < 0)
+        return -1;
+#endif
     st->iter_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &pyls_iter_spec, NULL);
     if (st->iter_type == NULL || PyModule_AddType(m, st->iter_type) < 0)
         return -1;
     st->stream_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &pyls_stream_spec, NULL);
     if (st->stream_type == NULL || PyModule_AddType(m, st->stream_type) < 0)
         return -1;
+#ifndef PYPY_VERSION
     st->aiter_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &pyls_aiter_spec, NULL);
     if (st->aiter_type == NULL || PyModule_AddType(m, st->aiter_type) < 0)
         return -1;
@@ -90,6 +114,7 @@ static int module_exec(PyObject *m)
     st->anext_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &pyls_anext_spec, NULL);
     if (st->anext_type == NULL)
         return -1;
+#endif
     st->bytes_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &pyls_bytes_spec, NULL);
     if (st->bytes_type == NULL || PyModule_AddType(m, st->bytes_type) < 0)
         return -1;
@@ -127,6 +152,9 @@ static int module_traverse(PyObject *m, visitproc visit, void *arg)
     Py_VISIT(st->aiter_type);
     Py_VISIT(st->arun_type);
     Py_VISIT(st->anext_type);
+#ifdef PYPY_VERSION
+    Py_VISIT(st->pypy_tick);
+#endif
     return 0;
 }
 
@@ -141,6 +169,9 @@ static int module_clear(PyObject *m)
     Py_CLEAR(st->aiter_type);
     Py_CLEAR(st->arun_type);
     Py_CLEAR(st->anext_type);
+#ifdef PYPY_VERSION
+    Py_CLEAR(st->pypy_tick);
+#endif
     return 0;
 }
 

@@ -93,6 +93,13 @@ static int consumer_entry(lockstep_iter *it, void *arg)
     }
     /* Its own copy of the caller's context (see pyls_rs_open): entered here
      * on every engine, so its ContextVar.set() calls stay in the copy. */
+#ifdef PYPY_VERSION
+    /* PyPy's C-API layer has no PyContext_Enter/Exit: Context.run does both. */
+    pyls_tls_current = it;
+    PyObject *result = PyObject_CallMethod(sl->context, "run", "OO", sl->consumer,
+                                           (PyObject *)sl->iter);
+    pyls_tls_current = saved;
+#else
     if (PyContext_Enter(sl->context) < 0) {
         sl->exc = pyls_fetch_exception();
         goto done;
@@ -102,6 +109,7 @@ static int consumer_entry(lockstep_iter *it, void *arg)
     pyls_tls_current = saved;
     if (PyContext_Exit(sl->context) < 0)
         Py_CLEAR(result); /* it left another context entered: RuntimeError */
+#endif
     sl->iter->it = NULL;
     if (result == NULL) {
         sl->exc = pyls_fetch_exception();

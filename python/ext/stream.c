@@ -39,7 +39,7 @@ static int stream_check(StreamObject *self)
                         "extended from, or a __del__ run by the stream)");
         return -1;
     }
-    if (rs->owner != PyThread_get_thread_ident()) {
+    if (rs->owner != (unsigned long)PyThread_get_thread_ident()) { /* PyPy: long */
         PyErr_SetString(PyExc_RuntimeError,
                         "lockstep.Stream used from a thread other than the one that created it");
         return -1;
@@ -287,7 +287,9 @@ static PyObject *stream_repr(StreamObject *self)
  * its consumers finish (their iterators end).  That is only possible from
  * the thread and greenlet that created it; elsewhere the stream and its
  * consumers are deliberately leaked (a ResourceWarning says so) rather
- * than resumed in the wrong context. */
+ * than resumed in the wrong context.  PyPy's C-API layer has no
+ * tp_finalize (it aborts on a type that has one), so there stream_dealloc
+ * calls this itself: PyPy deallocates at a point where Python code may run. */
 static void stream_finalize(StreamObject *self)
 {
     runstate *rs = self->rs;
@@ -354,8 +356,12 @@ static int stream_clear(StreamObject *self)
 static void stream_dealloc(StreamObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
+#ifdef PYPY_VERSION
+    stream_finalize(self);
+#else
     if (PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0)
         return; /* resurrected */
+#endif
     PyObject_GC_UnTrack(self);
     (void)stream_clear(self);
     if (self->rs != NULL) /* still open: leak it rather than free live memory */
@@ -415,7 +421,9 @@ static PyType_Slot stream_slots[] = {
     {Py_tp_doc, (void *)stream_doc},
     {Py_tp_new, stream_new},
     {Py_tp_dealloc, stream_dealloc},
+#ifndef PYPY_VERSION
     {Py_tp_finalize, stream_finalize},
+#endif
     {Py_tp_traverse, stream_traverse},
     {Py_tp_clear, stream_clear},
     {Py_tp_methods, stream_methods},

@@ -44,7 +44,10 @@ from ._lockstep import (
     run,
 )
 
-from ._lockstep import AsyncIterator, arun  # lockstep.arun: async sources and consumers
+try:  # lockstep.arun: async sources and consumers; not on PyPy (python/ext/async_driver.c)
+    from ._lockstep import AsyncIterator, arun
+except ImportError:
+    pass
 
 __version__ = "0.1.0"
 # --------------------------------------------------------------------------
@@ -55,6 +58,7 @@ __version__ = "0.1.0"
 # import, and build_info() tells the rest.
 # --------------------------------------------------------------------------
 
+import sys as _sys
 import warnings as _warnings
 
 
@@ -106,7 +110,9 @@ def build_info():
 
 # Only a module without the engine imports greenlet here; stacklevel=2 names
 # the importer's `import lockstep` line (the warnings module skips importlib).
-if not HAVE_GREENLET_ENGINE:
+# PyPy's own greenlet module has no C API, so no PyPy build has the engine
+# and no rebuild would give it: nothing to warn about there.
+if not HAVE_GREENLET_ENGINE and _sys.implementation.name != "pypy":
     _message = _greenlet_engine_warning(_greenlet_version())
     if _message is not None:
         _warnings.warn(_message, RuntimeWarning, stacklevel=2)
@@ -120,4 +126,5 @@ from ._bytes import DEFAULT_BYTES_WINDOW, Reader, run_bytes  # noqa: E402
 from ._lockstep import ByteIterator  # noqa: E402
 
 __all__ += ["run_bytes", "Reader", "ByteIterator", "DEFAULT_BYTES_WINDOW"]
-__all__ += ["arun", "AsyncIterator"]  # lockstep.arun (python/ext/async.c)
+if "arun" in globals():  # not on PyPy
+    __all__ += ["arun", "AsyncIterator"]  # lockstep.arun (python/ext/async_driver.c)

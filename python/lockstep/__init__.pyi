@@ -80,7 +80,7 @@ class Stream:
         tb: Optional[TracebackType],
     ) -> bool: ...
 
-# --- lockstep.arun (python/ext/async.c) --------------------------------------
+# --- lockstep.arun (python/ext/async_driver.c) --------------------------------------
 
 from typing import AsyncIterable, AsyncIterator as _AsyncIterator, Awaitable, Generator, Union
 
@@ -134,6 +134,7 @@ class ByteIterator:
     def readinto1(self, buffer: Any, /) -> int: ...
     def readline1(self, limit: int, /) -> bytes: ...
     def peek(self) -> bytes: ...
+    def detach(self) -> bool: ...
 
 class Reader(BufferedIOBase):
     """The read-only, non-seekable binary file run_bytes hands each consumer."""

@@ -39,8 +39,9 @@ class Reader(io.BufferedIOBase):
 
     Read-only and not seekable: read, read1, readinto, readinto1, readline,
     readlines, iteration over lines, peek.  It works only inside the
-    consumer it was given to (elsewhere: RuntimeError).  Closing it stops
-    the reads; the consumer detaches when it returns.  It ends at the end
+    consumer it was given to (elsewhere: RuntimeError).  Closing it, or
+    returning, detaches the consumer: the other consumers and the source
+    stop waiting for it at once, even while it goes on computing.  It ends at the end
     of the stream, or early when the run is cancelled because another
     consumer or the source failed.
     """
@@ -139,6 +140,13 @@ class Reader(io.BufferedIOBase):
         """The bytes in hand (at least one unless at the end), not consumed."""
         self._check()
         return self._h.peek()
+
+    def close(self):
+        """Detaches the consumer (inside it; elsewhere only marks the
+        reader closed), then closes the reader."""
+        if not self.closed:
+            self._h.detach()
+        super().close()
 
     def detach(self):
         raise io.UnsupportedOperation("lockstep reader has no raw stream to detach")

@@ -10,10 +10,14 @@
 - A watchdog turns a hung test into a crash with every thread's traceback
   (faulthandler) instead of a silent hang.
 - Boom and fail_at: the exception and the failing consumer the tests share.
+- PYPY and no_refcounts: the few tests that count references (sys.getrefcount,
+  tracemalloc, weakref-less objects) check CPython's memory management, which
+  PyPy does not have; they skip there, saying why.
 """
 import faulthandler
 import glob
 import os
+import platform
 import sys
 
 import pytest
@@ -37,6 +41,11 @@ ENGINES = [e for e in ("greenlet", "thread", "buffer") if e in lockstep.engines(
 BOUNDED = [e for e in ENGINES if e != "buffer"]
 WINDOWS = [1, 2, 7, None]
 WATCHDOG_S = float(os.environ.get("LOCKSTEP_TEST_WATCHDOG", "120"))
+
+
+PYPY = platform.python_implementation() == "PyPy"
+no_refcounts = pytest.mark.skipif(
+    PYPY, reason="PyPy has no reference counts (sys.getrefcount, tracemalloc) to check")
 
 
 class Boom(Exception):

@@ -60,6 +60,14 @@ def in_fresh_context(fn):
     return contextvars.copy_context().run(fn)
 
 
+def precision(prec):
+    """decimal.localcontext(prec=prec), which needs Python 3.11: the current
+    context's copy with prec set, entered by the with statement."""
+    ctx = decimal.getcontext().copy()
+    ctx.prec = prec
+    return decimal.localcontext(ctx)
+
+
 def test_consumers_and_source_see_the_callers_var(engine, ctx_window):
     def body():
         VAR.set("caller")
@@ -134,11 +142,11 @@ def test_decimal_sums_equal_plain_sums(engine, ctx_window):
             pass
         return decimal.getcontext().prec
 
-    with decimal.localcontext(prec=5):
+    with precision(5):
         expected = sum(ds, Decimal(0))
         assert lockstep.run(iter(ds), dsum, prec, dsum, window=ctx_window,
                             engine=engine) == (expected, 5, expected)
-    with decimal.localcontext(prec=40):
+    with precision(40):
         assert lockstep.run(iter(ds), dsum, window=ctx_window,
                             engine=engine) == (sum(ds, Decimal(0)),)
 
@@ -148,13 +156,13 @@ def test_a_consumers_localcontext_stays_its_own(engine, ctx_window):
     (decimal.getcontext() returns the caller's Context object itself, as in an
     asyncio task, so mutating it in place would reach the caller.)"""
     def narrow(it):
-        with decimal.localcontext(prec=3):
+        with precision(3):
             return sum(it, Decimal(0))
 
     ds = [Decimal("1.23456789")] * 3
-    with decimal.localcontext(prec=3):
+    with precision(3):
         narrow_sum = sum(ds, Decimal(0))
-    with decimal.localcontext(prec=5):
+    with precision(5):
         wide_sum = sum(ds, Decimal(0))
         assert narrow_sum != wide_sum
         assert lockstep.run(iter(ds), narrow, lambda it: sum(it, Decimal(0)),

@@ -15,7 +15,7 @@ import traceback
 import pytest
 
 import lockstep
-from conftest import ENGINES, WINDOWS, Boom, fail_at
+from conftest import ENGINES, PYPY, WINDOWS, Boom, fail_at
 
 
 def fail_before(p, tag="c"):
@@ -139,6 +139,11 @@ def test_failed_result_is_not_a_tuple_leak(engine):
         lockstep.run(iter(range(100)), fail_at(5), raise_after_end, window=1, engine=engine)
 
 
+# PyPy 7.3 sometimes never turns a SIGINT sent from outside into
+# KeyboardInterrupt while consumer threads run (about 1 run in 3 here, with
+# C or Python consumers): PyPy handles signals in the main thread only.
+# The timer-driven interrupts of test_properties.py do arrive on PyPy.
+@pytest.mark.skipif(PYPY, reason="PyPy may lose a SIGINT while consumer threads run")
 @pytest.mark.parametrize("where", ["c_loop", "python_consumer"])
 def test_keyboard_interrupt_stops_cleanly(bounded_engine, where):
     cleaned = []

@@ -70,10 +70,20 @@ def run_blocked(code):
                           capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.skipif(not lockstep.HAVE_GREENLET_ENGINE,
+                    reason="this build has no greenlet engine: see the test below")
 def test_greenlet_engine_without_greenlet_is_a_clear_import_error():
     r = run_blocked("lockstep.run([1], sum, engine='greenlet')")
     assert r.returncode != 0
     assert "ImportError" in r.stderr and "needs the greenlet package" in r.stderr
+
+
+@pytest.mark.skipif(lockstep.HAVE_GREENLET_ENGINE, reason="this build has the greenlet engine")
+def test_greenlet_engine_not_built_is_a_clear_import_error():
+    # PyPy, or a CPython build without greenlet's C header
+    with pytest.raises(ImportError, match="pass engine='thread'"):
+        lockstep.run([1], sum, engine="greenlet")
+    assert "greenlet" not in lockstep.engines()
 
 
 def test_default_engine_without_greenlet_falls_back():
@@ -225,3 +235,10 @@ def test_stream_closed_raises(engine):
         st.push(1)
     with pytest.raises(RuntimeError):
         st.extend([1])
+
+
+def test_iterator_cannot_be_made_by_hand():
+    # Py_TPFLAGS_DISALLOW_INSTANTIATION from 3.10; a refusing tp_new before
+    # (CPython 3.9, PyPy 3.9): the same TypeError everywhere
+    with pytest.raises(TypeError, match="cannot create"):
+        lockstep.Iterator()

@@ -1,0 +1,101 @@
+/*
+ * pycompat.h: the few CPython 3.10 C-API names the binding uses, defined for
+ * the older C APIs lockstep also builds against: CPython 3.9 and PyPy's
+ * cpyext (PyPy 7.3, Python 3.9 level).  Each definition behaves exactly as
+ * the 3.10 one does; on 3.10 and later this header defines nothing.
+ * binding.h includes it.
+ */
+#ifndef LOCKSTEP_PYCOMPAT_H
+#define LOCKSTEP_PYCOMPAT_H
+
+#include <Python.h>
+
+/* Py_NewRef (3.10): a new reference to o, which is returned. */
+#if PY_VERSION_HEX < 0x030A0000 && !defined(Py_NewRef)
+static inline PyObject *lockstep__py_newref(PyObject *o)
+{
+    Py_INCREF(o);
+    return o;
+}
+#  define Py_NewRef(o) lockstep__py_newref((PyObject *)(o))
+#endif
+
+/* Type flags new in 3.10.  Before 3.10 a heap type made from a spec is
+ * mutable and inherits object's tp_new whatever the flags say; 0 keeps the
+ * specs valid there.  iterator.c then gives lockstep.Iterator a tp_new that
+ * raises TypeError, as the flag does.  Nothing in lockstep mutates its
+ * types. */
+#ifndef Py_TPFLAGS_IMMUTABLETYPE
+#  define Py_TPFLAGS_IMMUTABLETYPE 0
+#endif
+#ifndef Py_TPFLAGS_DISALLOW_INSTANTIATION
+#  define Py_TPFLAGS_DISALLOW_INSTANTIATION 0
+#endif
+
+/* PyModule_AddObjectRef (3.10): adds value to m as name without stealing
+ * the reference; returns 0 or -1 with an exception set. */
+#if PY_VERSION_HEX < 0x030A0000
+static inline int lockstep__py_add_object_ref(PyObject *m, const char *name, PyObject *value)
+{
+    Py_INCREF(value);
+    if (PyModule_AddObject(m, name, value) < 0) {
+        Py_DECREF(value);
+        return -1;
+    }
+    return 0;
+}
+#  define PyModule_AddObjectRef lockstep__py_add_object_ref
+#endif
+
+/* PySendResult and PyIter_Send (3.10): sends arg into iter (None: next()),
+ * returning PYGEN_NEXT with the yielded value, PYGEN_RETURN with the
+ * return value (StopIteration's), or PYGEN_ERROR with *presult NULL and an
+ * exception set.  Before 3.10 the types lack am_send (async_iter.c and async_driver.c leave that
+ * slot out), so this goes through tp_iternext or the send method. */
+#if PY_VERSION_HEX < 0x030A0000
+typedef enum { PYGEN_RETURN = 0, PYGEN_ERROR = -1, PYGEN_NEXT = 1 } PySendResult;
+
+static inline PySendResult lockstep__py_iter_send(PyObject *iter, PyObject *arg,
+                                                  PyObject **presult)
+{
+    PyObject *r = arg == Py_None && PyIter_Check(iter)
+                      ? Py_TYPE(iter)->tp_iternext(iter)
+                      : PyObject_CallMethod(iter, "send", "O", arg);
+    *presult = r;
+    if (r != NULL)
+        return PYGEN_NEXT;
+    if (!PyErr_Occurred()) {
+        *presult = Py_NewRef(Py_None);
+        return PYGEN_RETURN;
+    }
+    if (!PyErr_ExceptionMatches(PyExc_StopIteration))
+        return PYGEN_ERROR;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    *presult = value != NULL ? PyObject_GetAttrString(value, "value") : Py_NewRef(Py_None);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    return *presult != NULL ? PYGEN_RETURN : PYGEN_ERROR;
+}
+#  define PyIter_Send lockstep__py_iter_send
+#endif
+
+/* PyContext_CopyCurrent: PyPy's C-API layer has no contextvars C API, so
+ * the copy comes from the contextvars module (run.c enters it with
+ * Context.run there).  A new reference, or NULL with an exception set. */
+#ifdef PYPY_VERSION
+static inline PyObject *lockstep__context_copy_current(void)
+{
+    PyObject *mod = PyImport_ImportModule("contextvars");
+    if (mod == NULL)
+        return NULL;
+    PyObject *copy = PyObject_CallMethod(mod, "copy_context", NULL);
+    Py_DECREF(mod);
+    return copy;
+}
+#  define PyContext_CopyCurrent lockstep__context_copy_current
+#endif
+
+#endif /* LOCKSTEP_PYCOMPAT_H */
