@@ -53,7 +53,7 @@ else:  # tests/python_install.sh checks where an isolated build found it
 # The binding's files (python/ext/binding.h says what each holds).
 BINDING = ["python/ext/module.c", "python/ext/iterator.c", "python/ext/greenlet_engine.c",
            "python/ext/run.c", "python/ext/stream.c", "python/ext/bytes.c",
-           "python/ext/async.c"]
+           "python/ext/async_iter.c", "python/ext/async_driver.c"]
 
 ext = Extension(
     "lockstep._lockstep",
@@ -64,7 +64,7 @@ ext = Extension(
                    ("LOCKSTEP_NO_GUARD_HANDLER", None),
                    ("LOCKSTEP_HAVE_GREENLET", "1" if GREENLET_INC else "0")],
     depends=["include/lockstep.h", "src/internal.h", "src/fiber.h", "src/fpmode.h",
-             "python/ext/binding.h", "python/ext/pycompat.h"],
+             "python/ext/binding.h", "python/ext/pycompat.h", "python/ext/async.h"],
     extra_compile_args=["-std=gnu11", "-fvisibility=hidden", "-Wall", "-Wextra",
                         "-Wno-unused-parameter", "-Wno-missing-field-initializers",
                         "-Wno-cast-function-type"],

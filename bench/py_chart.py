@@ -1,7 +1,8 @@
 """Bar chart of benchmark results from one or more JSON files, as a PNG.
 
 This script holds the chart maker for lockstep's benchmarks.  It reads JSON
-written by bench/py_bench.py (and any other suite, such as the C benchmark)
+written by bench/py_bench.py (and any other suite, such as the C benchmark or
+bench/py_async_bench.py, whose "loop" and "group" fields are folded in)
 and draws one horizontal bar per approach on a log time axis, one subplot per
 (suite, N).  A JSON input is either a list of rows or an object with "rows"
 (and optionally "suite", "machine" and "window_sweep").  A row looks like
@@ -42,13 +43,26 @@ def load_rows(paths):
         else:
             default_suite = doc.get("suite", default_suite)
             file_rows, file_sweep = doc.get("rows", []), doc.get("window_sweep") or []
-            if doc.get("machine"):
+            if isinstance(doc.get("machine"), dict):  # py_async.json's is a string
                 machines.append(doc["machine"])
         for row in file_rows:
-            rows.append(dict(row, suite=row.get("suite", default_suite)))
+            rows.append(async_row(dict(row, suite=row.get("suite", default_suite))))
         for row in file_sweep:
             sweeps.append(dict(row, suite=row.get("suite", default_suite + "-window-sweep")))
     return rows, sweeps, machines
+
+
+def async_row(row):
+    """A row of bench/py_async_bench.py (bench/results/py_async.json) in this
+    script's terms: its "loop" (asyncio, uvloop, trio) joins the name, its
+    "group" (one comparison) the suite, and "peak_b" is "peak_bytes"."""
+    if row.get("loop"):
+        row["name"] = f"{row['name']} [{row['loop']}]"
+    if row.get("group") is not None:
+        row["suite"] = f"{row['suite']} {row['group']}"
+    if "peak_b" in row and "peak_bytes" not in row:
+        row["peak_bytes"] = row["peak_b"]
+    return row
 
 
 def row_value(row):

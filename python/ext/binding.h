@@ -34,7 +34,9 @@
  *   run.c               the run state (consumers, engine and window
  *                       arguments, open/pull/close), exceptions, run()
  *   stream.c            lockstep.Stream, the push side
- *   async.c             lockstep.arun, its driver, lockstep.AsyncIterator
+ *   async.h             what the two files of lockstep.arun share
+ *   async_iter.c        lockstep.AsyncIterator and its _AsyncNext awaitable
+ *   async_driver.c      lockstep.arun: its engine, driver and awaitable
  *   module.c            the module: types, engines(), constants
  *
  * Names shared between the files start with pyls_; they are hidden (the
@@ -53,10 +55,10 @@
 
 #include "internal.h"
 
-/* greenlet.h is included by greenlet_engine.c and async.c alone: it gives
- * every file that includes it a private copy of greenlet's C API pointer,
- * which only that file fills in (pyls_greenlet_load; async.c's
- * greenlet_usable).  The other files ask through pyls_greenlet_current. */
+/* greenlet.h is included by greenlet_engine.c and async_driver.c alone: it
+ * gives every file that includes it a private copy of greenlet's C API
+ * pointer, which only that file fills in (pyls_greenlet_load;
+ * async_driver.c's greenlet_usable).  The other files ask through pyls_greenlet_current. */
 #ifndef LOCKSTEP_HAVE_GREENLET
 #  define LOCKSTEP_HAVE_GREENLET 0
 #endif
@@ -87,9 +89,9 @@ typedef struct {
     PyTypeObject *bytes_type;  /* lockstep.ByteIterator (bytes.c) */
     PyObject *marker;      /* what a consumer greenlet passes when it suspends */
     PyObject *marker_args; /* (marker,) */
-    PyTypeObject *aiter_type; /* lockstep.AsyncIterator (async.c) */
-    PyTypeObject *arun_type;  /* what arun() returns (async.c) */
-    PyTypeObject *anext_type; /* what AsyncIterator.__anext__ returns (async.c) */
+    PyTypeObject *aiter_type; /* lockstep.AsyncIterator (async_iter.c) */
+    PyTypeObject *arun_type;  /* what arun() returns (async_driver.c) */
+    PyTypeObject *anext_type; /* what AsyncIterator.__anext__ returns (async_iter.c) */
 #ifdef PYPY_VERSION
     PyObject *pypy_tick;   /* a Python-level no-op: calling it runs PyPy's signal handlers */
 #endif
@@ -203,6 +205,12 @@ void pyls_rs_clear(runstate *rs);
  * first next().  Returns 0, or -1 with an exception set. */
 int pyls_rs_open(runstate *rs);
 
+/* The consumer array the core's open takes: consumer i is fn with the
+ * slot at slots + i * stride.  Returns it (PyMem_Free it), or NULL with
+ * MemoryError.  run() and arun() both build theirs with it. */
+lockstep_consumer *pyls_consumers_make(lockstep_consumer_fn fn, void *slots, size_t stride,
+                                       size_t n);
+
 /* Parses window= (None or an int >= 1) into *out; None leaves *out 0,
  * for the engine's default.  Returns 0 or -1 with ValueError. */
 int pyls_parse_window(PyObject *obj, size_t *out);
@@ -232,7 +240,7 @@ PyObject *pyls_rs_close(runstate *rs);
  * earliest in the stream raised, taken (stolen) from the failing
  * consumer's exception pointer, *src_exc or *lib_exc.  The i-th consumer's
  * pointers are at results0 and excs0 plus i * stride bytes (a slot array:
- * run.c's and async.c's slots differ). */
+ * run.c's and async_driver.c's slots differ). */
 PyObject *pyls_outcome(const lockstep_report *r, size_t n, PyObject **results0,
                        PyObject **excs0, size_t stride, PyObject **src_exc, PyObject **lib_exc);
 
@@ -267,7 +275,7 @@ extern const char pyls_run_read_doc[];
 
 extern PyType_Spec pyls_stream_spec;
 
-/* ---- async.c ---- */
+/* ---- async_iter.c, async_driver.c ---- */
 
 /* lockstep.AsyncIterator and the awaitable arun() returns. */
 extern PyType_Spec pyls_aiter_spec;

@@ -1,7 +1,7 @@
 /*
  * module.c: the module lockstep._lockstep itself: its definition and
  * state (the Iterator, Stream and AsyncIterator types, the greenlet
- * marker), engines(), arun() (defined in async.c),
+ * marker), engines(), arun() (defined in async_driver.c),
  * the constants (DEFAULT_WINDOW, DEFAULT_WINDOWS, MAX_WINDOW,
  * core_version, HAVE_GREENLET_ENGINE) and PyInit__lockstep, the one
  * exported symbol.  run() lives in run.c, the types in iterator.c and
@@ -41,14 +41,36 @@ static PyObject *py_engines(PyObject *module, PyObject *unused)
     return tuple;
 }
 
+/* _fault_arm(kind, nth): the core's fault-injection hook, for the tests
+ * alone (python/tests/test_faults.py): the nth next core allocation of
+ * kind (0 malloc, 1 mmap, 2 thread) fails, 0 disarms.  Returns how many
+ * acquisitions of kind were counted since the previous call.  Private:
+ * not in __init__.py, the stubs or the docs. */
+static PyObject *py_fault_arm(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)m;
+    long kind, nth;
+    if (nargs != 2)
+        return PyErr_Format(PyExc_TypeError, "_fault_arm expected 2 arguments, got %zd", nargs);
+    if ((kind = PyLong_AsLong(args[0])) == -1 && PyErr_Occurred())
+        return NULL;
+    if ((nth = PyLong_AsLong(args[1])) == -1 && PyErr_Occurred())
+        return NULL;
+    long seen = kind < 0 || kind >= LOCKSTEP__FAULT_KINDS ? -1 : lockstep__fault_arm((int)kind, nth);
+    if (seen < 0)
+        return PyErr_Format(PyExc_ValueError, "_fault_arm: no fault kind %ld", kind);
+    return PyLong_FromLong(seen);
+}
+
 static PyMethodDef module_methods[] = {
     {"run", (PyCFunction)(void (*)(void))pyls_run, METH_FASTCALL | METH_KEYWORDS, pyls_run_doc},
     {"engines", py_engines, METH_NOARGS, engines_doc},
-#ifndef PYPY_VERSION /* async.c says why */
+#ifndef PYPY_VERSION /* async_driver.c says why */
     {"arun", (PyCFunction)(void (*)(void))pyls_arun, METH_FASTCALL | METH_KEYWORDS, pyls_arun_doc},
 #endif
     {"run_read", (PyCFunction)(void (*)(void))pyls_run_read, METH_FASTCALL | METH_KEYWORDS,
      pyls_run_read_doc},
+    {"_fault_arm", (PyCFunction)(void (*)(void))py_fault_arm, METH_FASTCALL, NULL},
     {NULL},
 };
 

@@ -50,7 +50,7 @@ static inline int lockstep__py_add_object_ref(PyObject *m, const char *name, PyO
 /* PySendResult and PyIter_Send (3.10): sends arg into iter (None: next()),
  * returning PYGEN_NEXT with the yielded value, PYGEN_RETURN with the
  * return value (StopIteration's), or PYGEN_ERROR with *presult NULL and an
- * exception set.  Before 3.10 the types lack am_send (async.c leaves that
+ * exception set.  Before 3.10 the types lack am_send (async_iter.c and async_driver.c leave that
  * slot out), so this goes through tp_iternext or the send method. */
 #if PY_VERSION_HEX < 0x030A0000
 typedef enum { PYGEN_RETURN = 0, PYGEN_ERROR = -1, PYGEN_NEXT = 1 } PySendResult;

@@ -266,19 +266,31 @@ void pyls_rs_clear(runstate *rs)
     Py_CLEAR(rs->context);
 }
 
+/* Declared in binding.h. */
+lockstep_consumer *pyls_consumers_make(lockstep_consumer_fn fn, void *slots, size_t stride,
+                                       size_t n)
+{
+    lockstep_consumer *cs = PyMem_Calloc(n ? n : 1, sizeof *cs);
+    if (cs == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        cs[i].fn = fn;
+        cs[i].arg = (char *)slots + i * stride;
+    }
+    return cs;
+}
+
 /* Opens rs's stream on its engine: consumers start and run up to their
  * first next().  Returns 0, or -1 with an exception set. */
 int pyls_rs_open(runstate *rs)
 {
     int rc;
-    lockstep_consumer *cs = PyMem_Calloc(rs->n ? rs->n : 1, sizeof *cs);
-    if (cs == NULL) {
-        PyErr_NoMemory();
+    lockstep_consumer *cs = pyls_consumers_make(consumer_entry, rs->slots, sizeof *rs->slots, rs->n);
+    if (cs == NULL)
         return -1;
-    }
     for (size_t i = 0; i < rs->n; i++) {
-        cs[i].fn = consumer_entry;
-        cs[i].arg = &rs->slots[i];
         /* Taken now, when run() is called or the Stream created, as an
          * asyncio task copies the context when it is created. */
         if ((rs->slots[i].context = PyContext_CopyCurrent()) == NULL) {

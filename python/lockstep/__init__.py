@@ -44,7 +44,7 @@ from ._lockstep import (
     run,
 )
 
-try:  # lockstep.arun: async sources and consumers; not on PyPy (python/ext/async.c)
+try:  # lockstep.arun: async sources and consumers; not on PyPy (python/ext/async_driver.c)
     from ._lockstep import AsyncIterator, arun
 except ImportError:
     pass
@@ -127,4 +127,4 @@ from ._lockstep import ByteIterator  # noqa: E402
 
 __all__ += ["run_bytes", "Reader", "ByteIterator", "DEFAULT_BYTES_WINDOW"]
 if "arun" in globals():  # not on PyPy
-    __all__ += ["arun", "AsyncIterator"]  # lockstep.arun (python/ext/async.c)
+    __all__ += ["arun", "AsyncIterator"]  # lockstep.arun (python/ext/async_driver.c)

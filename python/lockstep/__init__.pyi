@@ -80,7 +80,7 @@ class Stream:
         tb: Optional[TracebackType],
     ) -> bool: ...
 
-# --- lockstep.arun (python/ext/async.c) --------------------------------------
+# --- lockstep.arun (python/ext/async_driver.c) --------------------------------------
 
 from typing import AsyncIterable, AsyncIterator as _AsyncIterator, Awaitable, Generator, Union
 

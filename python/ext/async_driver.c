@@ -1,6 +1,7 @@
 /*
- * async.c: lockstep.arun, the binding's driver for async code, and
- * lockstep.AsyncIterator, the iterator it hands each consumer.
+ * async_driver.c: lockstep.arun, the binding's driver for async code
+ * (lockstep.AsyncIterator, the iterator it hands each consumer, is in
+ * async_iter.c; async.h holds what both share).
  *
  * `await lockstep.arun(source, *consumers)` runs the consumers over one
  * pass of source, which may be an async iterable, under any event loop
@@ -30,9 +31,9 @@
  *     a greenlet of its own, and its iterator's __next__ switches back to
  *     the driver when the window is used up.
  *
- * Public objects: arun(), AsyncIterator.
+ * Public objects: arun().
  */
-#include "binding.h"
+#include "async.h"
 
 /* PyPy's C-API layer lacks what arun is built on (am_send, the contextvars
  * C API): no arun there (module.c and lockstep/__init__.py leave it out). */
@@ -44,94 +45,6 @@
 
 #include <string.h>
 #include <time.h>
-
-/* The buffer engine's first window, in items; it doubles when full. */
-#define ARUN_BUFFER_FIRST 512
-
-/* A run that awaits nothing foreign gives the event loop a turn after this
- * many nanoseconds, so that timers and other tasks are not starved: 2 ms
- * is far below what a user would notice, and costs one loop iteration
- * per 2 ms of work (about 5 us under asyncio here: 50 bare turns took
- * 0.25 ms). */
-#define ARUN_TURN_NS 2000000
-
-/* The clock is read at every round's end, and every this many items while
- * a window fills (a buffered run has one round). */
-#define ARUN_CLOCK_EVERY 1024u
-
-/* The consumer whose coroutine the driver resumes right now, or NULL: only
- * `async for` may read then.  A synchronous consumer runs with the
- * binding's pyls_tls_current set instead, as lockstep.run's do, so that
- * lockstep.run called inside it knows it runs inside a consumer. */
-static _Thread_local lockstep_iter *tls_async __attribute__((tls_model("initial-exec")));
-#define tls_sync pyls_tls_current
-
-typedef struct ARunObject ARunObject;
-
-typedef struct {
-    PyObject_HEAD
-    lockstep_iter *it; /* NULL once its consumer has returned */
-    ARunObject *run;   /* borrowed; valid while it is not NULL */
-    PyObject *greenlet; /* borrowed: a synchronous consumer's greenlet */
-    PyObject *next_aw;  /* what __anext__ returns, made once (an AnextObject) */
-} AIterObject;
-
-/* What AsyncIterator.__anext__ returns: one per iterator, reused for every
- * item, so that `async for` costs no object per item.  It is its own
- * awaitable (am_send on Python 3.10-3.11; tp_iternext, whose await on
- * 3.12+ uses it, returns an item as StopIteration(item)). */
-typedef struct {
-    PyObject_HEAD
-    AIterObject *owner; /* borrowed; NULL once the iterator is gone */
-} AnextObject;
-
-/* Per consumer. */
-typedef struct {
-    PyObject *consumer;
-    PyObject *result;   /* its return value */
-    PyObject *exc;      /* its exception, traceback attached */
-    AIterObject *iter;  /* the iterator it was given */
-    PyObject *coro;     /* the awaitable's iterator the driver sends into */
-    PyObject *greenlet; /* a synchronous consumer's greenlet */
-    PyObject *context;  /* its own copy of the awaiting task's context */
-    ARunObject *run;
-    int begun;
-} aslot;
-
-/* Where the driver is: starting, filling the window, running a round,
- * giving the loop a turn, closing the stream, or done. */
-enum { PH_START, PH_FILL, PH_ROUND, PH_TURN, PH_END, PH_DONE };
-
-/* How the event loop is given a turn: not known yet; a bare yield (asyncio
- * and uvloop); trio.lowlevel.checkpoint(); never (no library runs). */
-enum { TURN_UNKNOWN, TURN_YIELD, TURN_TRIO, TURN_NEVER };
-
-struct ARunObject {
-    PyObject_HEAD
-    modstate *st;
-    lockstep_stream *s;
-    size_t n;
-    aslot *slots;
-    size_t window;
-    int buffer;          /* engine "buffer": read everything, then one round */
-    int use_greenlet;    /* synchronous consumers run on greenlets */
-    PyObject *src;       /* the source's iterator or async iterator */
-    int src_async;
-    PyObject *src_aw;    /* the pending __anext__()'s iterator */
-    PyObject *src_exc;
-    PyObject *lib_exc;
-    PyObject *cancel_exc; /* a cancellation that ends the run, whatever its position */
-    PyObject *turn_aw;   /* a pending trio checkpoint */
-    PyObject *scheduler; /* the greenlet the driver runs in */
-    int phase;
-    int final;           /* this round is the last: the stream has ended */
-    int turn;
-    int busy;            /* re-entrancy guard */
-    int closing;         /* close(): no more yields to the loop */
-    unsigned ticks;
-    uint64_t turn_at;    /* CLOCK_MONOTONIC ns at which the loop gets a turn */
-    lockstep_report report;
-};
 
 /* ------------------------------------------------------------------------
  * Small helpers.
@@ -159,16 +72,6 @@ static int lookup_attr(PyObject *ob, PyObject *name, PyObject **out)
 #else
     return _PyObject_LookupAttr(ob, name, out);
 #endif
-}
-
-/* Raises StopIteration(value), the way a return ends an await. */
-static void set_stop_value(PyObject *value)
-{
-    PyObject *e = PyObject_CallOneArg(PyExc_StopIteration, value);
-    if (e != NULL) {
-        PyErr_SetObject(PyExc_StopIteration, e);
-        Py_DECREF(e);
-    }
 }
 
 /* Takes a pending StopIteration's value (a new reference) into *out and
@@ -314,12 +217,18 @@ static PySendResult close_aw(PyObject *aw, PyObject **out)
  * Greenlet, loaded when first needed.
  * ------------------------------------------------------------------------ */
 
-/* Returns 1 when greenlet's C API is usable, else 0 (no exception left). */
+/* Returns 1 when greenlet's C API is usable, both this file's copy and the
+ * binding's (pyls_greenlet_load), else 0 (no exception left). */
 static int greenlet_usable(void)
 {
 #if LOCKSTEP_HAVE_GREENLET
     if (_PyGreenlet_API != NULL)
         return 1;
+    /* The binding's copy first: async_iter.c asks pyls_greenlet_current. */
+    if (pyls_greenlet_load() < 0) {
+        PyErr_Clear();
+        return 0;
+    }
     PyGreenlet_Import();
     if (_PyGreenlet_API != NULL)
         return 1;
@@ -327,320 +236,20 @@ static int greenlet_usable(void)
 #endif
     return 0;
 }
-
-/* ------------------------------------------------------------------------
- * AsyncIterator: a consumer's view of the stream, for `for` and `async for`.
- * ------------------------------------------------------------------------ */
-
-/* Raises the RuntimeError for an iterator used where it may not be. */
-static __attribute__((noinline, cold)) void aiter_misuse(AIterObject *self, int async)
-{
-    if (self->it == NULL)
-        PyErr_SetString(PyExc_RuntimeError,
-                        "lockstep iterator used after its consumer returned");
-    else if (async && self->it == tls_sync)
-        PyErr_SetString(PyExc_RuntimeError,
-                        "lockstep iterator: a synchronous consumer cannot await it");
-    else if (!async && self->it == tls_async)
-        PyErr_SetString(PyExc_RuntimeError,
-                        "lockstep.arun: an async consumer must read its iterator with "
-                        "'async for' (or 'await it.__anext__()'), not with for/next()");
-    else
-        PyErr_SetString(PyExc_RuntimeError,
-                        "lockstep iterator used outside its own consumer (from another "
-                        "consumer, task, thread or greenlet)");
-}
-
-/* The item at it's cursor, which the caller checked is in range (a new
- * reference). */
-static inline PyObject *take_item(lockstep_iter *it)
-{
-    PyObject *item = *(PyObject *const *)it->head.cur;
-    it->head.cur += sizeof(PyObject *);
-    return Py_NewRef(item);
-}
-
-/* The slow path of am_send: the window is used up.  Returns the item, or
- * suspends the consumer's coroutine with the marker until the driver has
- * refilled the window, or ends (StopAsyncIteration). */
-static __attribute__((noinline)) PySendResult aiter_send_slow(AIterObject *self, PyObject **out)
-{
-    lockstep_iter *it = self->it;
-    *out = NULL;
-    if (!lockstep__iter_is_current(it)) {
-        aiter_misuse(self, 1);
-        return PYGEN_ERROR;
-    }
-    int must_wait;
-    const void *p = lockstep__next_step(it, &must_wait);
-    if (p != NULL) {
-        *out = Py_NewRef(*(PyObject *const *)p);
-        return PYGEN_RETURN;
-    }
-    if (must_wait) {
-        *out = Py_NewRef(self->run->st->marker);
-        return PYGEN_NEXT;
-    }
-    PyErr_SetNone(PyExc_StopAsyncIteration);
-    return PYGEN_ERROR;
-}
-
-/* The await of `it.__anext__()`: an item at once, or the marker. */
-static PySendResult aiter_send(AIterObject *self, PyObject *arg, PyObject **out)
-{
-    (void)arg;
-    lockstep_iter *it = self->it;
-    if (NEVER(it == NULL || it != tls_async)) {
-        aiter_misuse(self, 1);
-        *out = NULL;
-        return PYGEN_ERROR;
-    }
-    if (ALWAYS(it->head.cur < it->head.end)) {
-        *out = take_item(it);
-        return PYGEN_RETURN;
-    }
-    return aiter_send_slow(self, out);
-}
-
-/* __aiter__. */
-static PyObject *aiter_self(PyObject *self)
-{
-    return Py_NewRef(self);
-}
-
-/* __anext__: the iterator's one AnextObject, made the first time. */
-static PyObject *aiter_anext(AIterObject *self)
-{
-    if (ALWAYS(self->next_aw != NULL))
-        return Py_NewRef(self->next_aw);
-    if (self->it == NULL) {
-        aiter_misuse(self, 1);
-        return NULL;
-    }
-    AnextObject *aw = PyObject_New(AnextObject, self->run->st->anext_type);
-    if (aw == NULL)
-        return NULL;
-    aw->owner = self;
-    self->next_aw = (PyObject *)aw;
-    return Py_NewRef(aw);
-}
-
-/* The slow path of __next__: the window is used up, so a synchronous
- * consumer switches back to the driver's greenlet until it is refilled. */
-static __attribute__((noinline)) PyObject *aiter_next_slow(AIterObject *self)
-{
-    lockstep_iter *it = self->it;
-    if (!lockstep__iter_is_current(it)) {
-        aiter_misuse(self, 0);
-        return NULL;
-    }
-    for (;;) {
-        int must_wait;
-        const void *p = lockstep__next_step(it, &must_wait);
-        if (p != NULL)
-            return Py_NewRef(*(PyObject *const *)p);
-        if (!must_wait)
-            return NULL;
 #if LOCKSTEP_HAVE_GREENLET
-        if (self->greenlet != NULL) {
-            PyGreenlet *cur = PyGreenlet_GetCurrent();
-            Py_XDECREF(cur);
-            if ((PyObject *)cur != self->greenlet) {
-                aiter_misuse(self, 0);
-                return NULL;
-            }
-            ARunObject *run = self->run;
-            PyObject *r = PyGreenlet_Switch((PyGreenlet *)run->scheduler, run->st->marker_args,
-                                            NULL);
-            tls_sync = it;
-            if (r == NULL)
-                return NULL;
-            Py_DECREF(r);
-            continue;
-        }
+/* Declared in async.h: switches the synchronous consumer's greenlet of
+ * self back to the driver until the window is refilled. */
+int pyls_async_wait_window(AIterObject *self)
+{
+    ARunObject *run = self->run;
+    PyObject *r = PyGreenlet_Switch((PyGreenlet *)run->scheduler, run->st->marker_args, NULL);
+    tls_sync = self->it;
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
 #endif
-        PyErr_SetString(PyExc_RuntimeError,
-                        "lockstep.arun: this consumer reads with for/next() and must wait for "
-                        "the next window, which needs greenlet (pip install greenlet, or apt "
-                        "install python3-greenlet); without it, make the consumer async "
-                        "('async for'), or run synchronous consumers off the loop with "
-                        "await asyncio.to_thread(lockstep.run, iterable, *consumers)");
-        return NULL;
-    }
-}
-
-/* __next__: for synchronous consumers. */
-static PyObject *aiter_next(AIterObject *self)
-{
-    lockstep_iter *it = self->it;
-    if (NEVER(it == NULL || it != tls_sync)) {
-        aiter_misuse(self, 0);
-        return NULL;
-    }
-    if (ALWAYS(it->head.cur < it->head.end))
-        return take_item(it);
-    return aiter_next_slow(self);
-}
-
-/* AnextObject's am_send: the await of __anext__(). */
-static PySendResult anext_send(AnextObject *self, PyObject *arg, PyObject **out)
-{
-    if (NEVER(self->owner == NULL)) {
-        PyErr_SetString(PyExc_RuntimeError, "lockstep iterator used after it was freed");
-        *out = NULL;
-        return PYGEN_ERROR;
-    }
-    return aiter_send(self->owner, arg, out);
-}
-
-/* send(value) and __next__, as a generator's: a yielded value is returned,
- * a returned one raised as StopIteration(value).  Python 3.12+ awaits
- * through __next__. */
-static PyObject *anext_send_method(AnextObject *self, PyObject *arg)
-{
-    PyObject *out;
-    PySendResult r = anext_send(self, arg, &out);
-    if (r == PYGEN_RETURN) {
-        set_stop_value(out);
-        Py_DECREF(out);
-        return NULL;
-    }
-    return out;
-}
-
-static PyObject *anext_iternext(AnextObject *self)
-{
-    return anext_send_method(self, Py_None);
-}
-
-/* throw(...): raised where the consumer awaits (nothing is in flight). */
-static PyObject *anext_throw(AnextObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    (void)self;
-    if (nargs < 1)
-        return PyErr_Format(PyExc_TypeError, "throw expected at least 1 argument");
-    PyObject *exc = args[0];
-    if (PyExceptionClass_Check(exc))
-        PyErr_SetObject(exc, nargs > 1 ? args[1] : NULL);
-    else
-        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
-    return NULL;
-}
-
-static PyObject *anext_close(AnextObject *self, PyObject *unused)
-{
-    (void)self;
-    (void)unused;
-    Py_RETURN_NONE;
-}
-
-/* AnextObjects hold no references (owner is borrowed). */
-static void anext_dealloc(AnextObject *self)
-{
-    PyTypeObject *tp = Py_TYPE(self);
-    tp->tp_free(self);
-    Py_DECREF(tp);
-}
-
-static PyMethodDef anext_methods[] = {
-    {"send", (PyCFunction)anext_send_method, METH_O, NULL},
-    {"throw", (PyCFunction)(void (*)(void))anext_throw, METH_FASTCALL, NULL},
-    {"close", (PyCFunction)anext_close, METH_NOARGS, NULL},
-    {NULL},
-};
-
-static PyType_Slot anext_slots[] = {
-    {Py_tp_dealloc, anext_dealloc},
-    {Py_tp_iter, PyObject_SelfIter},
-    {Py_tp_iternext, anext_iternext},
-    {Py_am_await, aiter_self},
-#if PY_VERSION_HEX >= 0x030A0000 /* before: tp_iternext and send (pycompat.h) */
-    {Py_am_send, anext_send},
-#endif
-    {Py_tp_methods, anext_methods},
-    {0, NULL},
-};
-
-PyType_Spec pyls_anext_spec = {
-    .name = "lockstep._AsyncNext",
-    .basicsize = sizeof(AnextObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
-    .slots = anext_slots,
-};
-
-static PyObject *aiter_get_active(AIterObject *self, void *closure)
-{
-    (void)closure;
-    return PyBool_FromLong(self->it != NULL);
-}
-
-static PyObject *aiter_get_position(AIterObject *self, void *closure)
-{
-    (void)closure;
-    if (self->it == NULL || (self->it != tls_async && self->it != tls_sync)) {
-        aiter_misuse(self, self->it == tls_sync);
-        return NULL;
-    }
-    return PyLong_FromUnsignedLongLong(lockstep_position(self->it));
-}
-
-static PyObject *aiter_repr(AIterObject *self)
-{
-    if (self->it == NULL)
-        return PyUnicode_FromFormat("<lockstep.AsyncIterator (finished) at %p>", self);
-    return PyUnicode_FromFormat("<lockstep.AsyncIterator consumer=%zu at %p>",
-                                lockstep_index(self->it), self);
-}
-
-/* An AsyncIterator holds only its AnextObject (run and greenlet are
- * borrowed), which forgets it here. */
-static void aiter_dealloc(AIterObject *self)
-{
-    PyTypeObject *tp = Py_TYPE(self);
-    if (self->next_aw != NULL) {
-        ((AnextObject *)self->next_aw)->owner = NULL;
-        Py_DECREF(self->next_aw);
-    }
-    tp->tp_free(self);
-    Py_DECREF(tp);
-}
-
-static PyGetSetDef aiter_getset[] = {
-    {"active", (getter)aiter_get_active, NULL,
-     "True while the consumer this iterator was made for is running.", NULL},
-    {"position", (getter)aiter_get_position, NULL,
-     "Number of items this consumer has received (only inside the consumer).", NULL},
-    {NULL},
-};
-
-PyDoc_STRVAR(aiter_doc,
-"The iterator lockstep.arun hands each consumer: both an iterator and an\n"
-"async iterator.\n\n"
-"An async consumer reads it with `async for` (or `await it.__anext__()`);\n"
-"a synchronous one (sum, max, a plain loop) with `for`.  It yields the\n"
-"stream's items in order and ends at the end of the stream, or early when\n"
-"the run is cancelled.  An item already in the window is returned without\n"
-"suspending.  It works only inside its own consumer: after the run, or\n"
-"from another task, thread or consumer, it raises RuntimeError.");
-
-static PyType_Slot aiter_slots[] = {
-    {Py_tp_doc, (void *)aiter_doc},
-    {Py_tp_dealloc, aiter_dealloc},
-    {Py_tp_iter, PyObject_SelfIter},
-    {Py_tp_iternext, aiter_next},
-    {Py_am_aiter, aiter_self},
-    {Py_am_anext, (unaryfunc)aiter_anext},
-    {Py_tp_getset, aiter_getset},
-    {Py_tp_repr, aiter_repr},
-    {0, NULL},
-};
-
-PyType_Spec pyls_aiter_spec = {
-    .name = "lockstep.AsyncIterator",
-    .basicsize = sizeof(AIterObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
-    .slots = aiter_slots,
-};
 
 /* ------------------------------------------------------------------------
  * The engine the core sees.  Consumers never run from inside the core:
@@ -1238,15 +847,10 @@ static PySendResult finish(ARunObject *self, PyObject **out)
  * buffered).  Returns 0, or -1 with an exception set. */
 static int start(ARunObject *self)
 {
-    lockstep_consumer *cs = PyMem_Calloc(self->n ? self->n : 1, sizeof *cs);
-    if (cs == NULL) {
-        PyErr_NoMemory();
+    lockstep_consumer *cs = pyls_consumers_make(async_consumer_fn, self->slots, sizeof(aslot),
+                                                self->n);
+    if (cs == NULL)
         return -1;
-    }
-    for (size_t i = 0; i < self->n; i++) {
-        cs[i].fn = async_consumer_fn;
-        cs[i].arg = &self->slots[i];
-    }
     lockstep_options o;
     lockstep_options_init(&o);
     o.window = self->window;
@@ -1255,10 +859,7 @@ static int start(ARunObject *self)
     PyMem_Free(cs);
     if (rc < 0) {
         self->s = NULL;
-        if (rc == LOCKSTEP_ENOMEM)
-            PyErr_NoMemory();
-        else
-            PyErr_Format(PyExc_RuntimeError, "lockstep: %s", lockstep_strerror(rc));
+        pyls_raise_code(rc);
         return -1;
     }
     self->s->drop_items = pyls_drop_items;
@@ -1372,7 +973,7 @@ static PySendResult arun_am_send(ARunObject *self, PyObject *arg, PyObject **out
 static PyObject *send_result(PySendResult r, PyObject *out)
 {
     if (r == PYGEN_RETURN) {
-        set_stop_value(out);
+        pyls_set_stop_value(out);
         Py_DECREF(out);
         return NULL;
     }
