@@ -35,10 +35,6 @@
  */
 #include "async.h"
 
-/* PyPy's C-API layer lacks what arun is built on (am_send, the contextvars
- * C API): no arun there (module.c and lockstep/__init__.py leave it out). */
-#ifndef PYPY_VERSION
-
 #if LOCKSTEP_HAVE_GREENLET
 #  include "greenlet.h"
 #endif
@@ -51,14 +47,16 @@
  * ------------------------------------------------------------------------ */
 
 /* Interned method names, made by the first arun() (kept for good). */
-static PyObject *str_throw, *str_close;
+static PyObject *str_throw, *str_close, *str_send;
 
-/* Makes str_throw and str_close.  Returns 0, or -1 with MemoryError. */
+/* Makes str_throw, str_close and str_send.  Returns 0, or -1 with MemoryError. */
 static int async_names_init(void)
 {
     if (str_throw == NULL && (str_throw = PyUnicode_InternFromString("throw")) == NULL)
         return -1;
     if (str_close == NULL && (str_close = PyUnicode_InternFromString("close")) == NULL)
+        return -1;
+    if (str_send == NULL && (str_send = PyUnicode_InternFromString("send")) == NULL)
         return -1;
     return 0;
 }
@@ -81,9 +79,18 @@ static int fetch_stop_value(PyObject **out)
     if (!PyErr_ExceptionMatches(PyExc_StopIteration))
         return -1;
     PyObject *exc = pyls_fetch_exception();
+#ifdef PYPY_VERSION
+    /* PyPy's C-API layer has no PyStopIterationObject fields. */
+    PyObject *v = PyObject_GetAttrString(exc, "value");
+    Py_DECREF(exc);
+    if (v == NULL)
+        return -1;
+    *out = v;
+#else
     PyObject *v = ((PyStopIterationObject *)exc)->value;
     *out = Py_NewRef(v != NULL ? v : Py_None);
     Py_DECREF(exc);
+#endif
     return 0;
 }
 
@@ -102,33 +109,58 @@ static int is_cancellation(PyObject *exc)
     return !PyErr_GivenExceptionMatches(exc, PyExc_Exception);
 }
 
-/* Returns the code object of a plain function or bound method, or NULL. */
-static PyCodeObject *code_of(PyObject *f)
+/* Returns the co_flags of code object code, or 0 when it is none (no
+ * exception left).  PyPy's C-API layer leaves PyCodeObject.co_flags 0, so
+ * there they come from the attribute. */
+static int code_flags(PyObject *code)
+{
+    if (code == NULL || !PyCode_Check(code))
+        return 0;
+#ifdef PYPY_VERSION
+    PyObject *v = PyObject_GetAttrString(code, "co_flags");
+    long flags = v != NULL ? PyLong_AsLong(v) : 0;
+    Py_XDECREF(v);
+    PyErr_Clear();
+    return flags == -1 ? 0 : (int)flags;
+#else
+    return ((PyCodeObject *)code)->co_flags;
+#endif
+}
+
+/* Returns the co_flags of a plain function or bound method, else 0. */
+static int func_flags(PyObject *f)
 {
     if (PyMethod_Check(f))
         f = PyMethod_GET_FUNCTION(f);
     if (!PyFunction_Check(f))
-        return NULL;
-    return (PyCodeObject *)PyFunction_GET_CODE(f);
+        return 0;
+    return code_flags(PyFunction_GET_CODE(f));
 }
 
+#if LOCKSTEP_HAVE_GREENLET
 /* True when calling f surely returns a coroutine without running it. */
 static int is_coroutine_function(PyObject *f)
 {
-    PyCodeObject *code = code_of(f);
-    return code != NULL && (code->co_flags & CO_COROUTINE);
+    return (func_flags(f) & CO_COROUTINE) != 0;
 }
+#endif
 
 /* True when ob can be awaited. */
 static int is_awaitable(PyObject *ob)
 {
+#ifdef PYPY_VERSION
+    /* PyPy's C-API layer fills am_await on every type: ask for __await__. */
+    if (PyCoro_CheckExact(ob) || PyObject_HasAttrString((PyObject *)Py_TYPE(ob), "__await__"))
+        return 1;
+#else
     PyAsyncMethods *am = Py_TYPE(ob)->tp_as_async;
     if (am != NULL && am->am_await != NULL)
         return 1;
+#endif
     if (!PyGen_CheckExact(ob))
         return 0;
     PyObject *code = PyObject_GetAttrString(ob, "gi_code");
-    int flags = code != NULL && PyCode_Check(code) ? ((PyCodeObject *)code)->co_flags : 0;
+    int flags = code_flags(code);
     Py_XDECREF(code);
     PyErr_Clear();
     return (flags & CO_ITERABLE_COROUTINE) != 0;
@@ -152,13 +184,20 @@ static PyObject *awaitable_iter(PyObject *ob)
 {
     if (PyCoro_CheckExact(ob) || PyGen_CheckExact(ob))
         return Py_NewRef(ob);
+#ifdef PYPY_VERSION
+    /* Its C-API layer's am_await is no sign of __await__ (is_awaitable). */
+    PyObject *it = PyObject_CallMethod(ob, "__await__", NULL);
+    if (it == NULL && PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();
+#else
     PyAsyncMethods *am = Py_TYPE(ob)->tp_as_async;
-    if (am == NULL || am->am_await == NULL) {
+    PyObject *it = am != NULL && am->am_await != NULL ? am->am_await(ob) : NULL;
+    if (it == NULL && !PyErr_Occurred()) {
+#endif
         PyErr_Format(PyExc_TypeError, "object %.100s can't be used in 'await' expression",
                      Py_TYPE(ob)->tp_name);
         return NULL;
     }
-    PyObject *it = am->am_await(ob);
     if (it != NULL && !PyIter_Check(it) && !PyCoro_CheckExact(it)) {
         PyErr_Format(PyExc_TypeError, "__await__() returned non-iterator of type '%.100s'",
                      Py_TYPE(it)->tp_name);
@@ -190,6 +229,68 @@ static PySendResult send_into(PyObject *aw, PyObject *value, PyObject *exc, PyOb
     if (fetch_stop_value(out) == 0)
         return PYGEN_RETURN;
     return PYGEN_ERROR;
+}
+
+/* Calls f(arg) inside context ctx (entered, then left): a new reference,
+ * or NULL with an exception (also when f left another context entered). */
+static PyObject *call_in_context(PyObject *ctx, PyObject *f, PyObject *arg)
+{
+#ifdef PYPY_VERSION
+    /* PyPy's C-API layer has no PyContext_Enter/Exit: Context.run does both
+     * (as run.c does there). */
+    return PyObject_CallMethod(ctx, "run", "OO", f, arg);
+#else
+    if (PyContext_Enter(ctx) < 0)
+        return NULL;
+    PyObject *r = PyObject_CallOneArg(f, arg);
+    if (PyContext_Exit(ctx) < 0)
+        Py_CLEAR(r);
+    return r;
+#endif
+}
+
+/* send_into (value, or exc thrown in) run inside context ctx. */
+static PySendResult send_in_context(PyObject *ctx, PyObject *aw, PyObject *value, PyObject *exc,
+                                    PyObject **out)
+{
+    *out = NULL;
+#ifdef PYPY_VERSION
+    /* No PyContext_Enter there: the step is one Context.run call of aw's
+     * throw, its send, or next(aw) for an iterator without send. */
+    PyObject *meth, *arg = exc != NULL ? exc : value != NULL ? value : Py_None;
+    if (lookup_attr(aw, exc != NULL ? str_throw : str_send, &meth) < 0)
+        return PYGEN_ERROR;
+    if (meth == NULL && exc != NULL) {
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        return PYGEN_ERROR;
+    }
+    if (meth == NULL && arg == Py_None) {
+        meth = PyDict_GetItemString(PyEval_GetBuiltins(), "next");
+        Py_XINCREF(meth);
+        arg = aw;
+    }
+    if (meth == NULL) {
+        PyErr_Format(PyExc_AttributeError, "'%.100s' object has no attribute 'send'",
+                     Py_TYPE(aw)->tp_name);
+        return PYGEN_ERROR;
+    }
+    PyObject *r = call_in_context(ctx, meth, arg);
+    Py_DECREF(meth);
+    if (r != NULL) {
+        *out = r;
+        return PYGEN_NEXT;
+    }
+    return fetch_stop_value(out) == 0 ? PYGEN_RETURN : PYGEN_ERROR;
+#else
+    if (PyContext_Enter(ctx) < 0)
+        return PYGEN_ERROR;
+    PySendResult res = send_into(aw, value, exc, out);
+    if (PyContext_Exit(ctx) < 0 && res != PYGEN_ERROR) {
+        Py_CLEAR(*out);
+        res = PYGEN_ERROR;
+    }
+    return res;
+#endif
 }
 
 /* Calls aw.close() if it has one; an exception it raises is returned as
@@ -497,12 +598,7 @@ static int consumer_start(ARunObject *self, lockstep_iter *it, aslot *sl)
 #endif
     lockstep_iter *saved = tls_sync;
     tls_sync = it;
-    PyObject *r = NULL;
-    if (PyContext_Enter(sl->context) == 0) {
-        r = PyObject_CallOneArg(sl->consumer, (PyObject *)sl->iter);
-        if (PyContext_Exit(sl->context) < 0)
-            Py_CLEAR(r);
-    }
+    PyObject *r = call_in_context(sl->context, sl->consumer, (PyObject *)sl->iter);
     tls_sync = saved;
     if (check_not_asyncgen(r) < 0)
         Py_CLEAR(r);
@@ -540,16 +636,7 @@ static int consumer_step(ARunObject *self, lockstep_iter *it, PyObject *value, P
     PySendResult res;
     lockstep_iter *saved = tls_async;
     tls_async = it;
-    if (PyContext_Enter(sl->context) < 0) {
-        res = PYGEN_ERROR;
-        r = NULL;
-    } else {
-        res = send_into(sl->coro, value, exc, &r);
-        if (PyContext_Exit(sl->context) < 0 && res != PYGEN_ERROR) {
-            Py_CLEAR(r);
-            res = PYGEN_ERROR;
-        }
-    }
+    res = send_in_context(sl->context, sl->coro, value, exc, &r);
     tls_async = saved;
     if (res == PYGEN_NEXT) {
         if (r == self->st->marker) {
@@ -1114,7 +1201,9 @@ static PyObject *arun_repr(ARunObject *self)
 
 /* tp_finalize: a run dropped before it finished is closed, so that its
  * consumers end and their finally blocks run; one never awaited warns, as
- * a coroutine would. */
+ * a coroutine would.  PyPy's C-API layer has no tp_finalize (it aborts on
+ * a type that has one), so there arun_dealloc calls this itself, as
+ * stream.c does. */
 static void arun_finalize(ARunObject *self)
 {
     if (self->phase == PH_DONE)
@@ -1164,8 +1253,12 @@ static int arun_clear(ARunObject *self)
 static void arun_dealloc(ARunObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
+#ifdef PYPY_VERSION
+    arun_finalize(self);
+#else
     if (PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0)
         return; /* resurrected */
+#endif
     PyObject_GC_UnTrack(self);
     if (self->s == NULL)
         arun_release(self);
@@ -1189,7 +1282,9 @@ PyDoc_STRVAR(arun_type_doc,
 static PyType_Slot arun_slots[] = {
     {Py_tp_doc, (void *)arun_type_doc},
     {Py_tp_dealloc, arun_dealloc},
+#ifndef PYPY_VERSION
     {Py_tp_finalize, arun_finalize},
+#endif
     {Py_tp_traverse, arun_traverse},
     {Py_tp_clear, arun_clear},
     {Py_tp_iter, PyObject_SelfIter},
@@ -1261,8 +1356,7 @@ static int check_consumer(PyObject *c, Py_ssize_t i)
                      Py_TYPE(c)->tp_name);
         return -1;
     }
-    PyCodeObject *code = code_of(c);
-    if (code != NULL && (code->co_flags & CO_ASYNC_GENERATOR)) {
+    if (func_flags(c) & CO_ASYNC_GENERATOR) {
         PyErr_Format(PyExc_TypeError,
                      "lockstep consumer %zd (%R) is an async generator function: it returns "
                      "an async generator, neither a result nor an awaitable; make it an "
@@ -1404,4 +1498,3 @@ fail:
     return NULL;
 }
 
-#endif /* !PYPY_VERSION */

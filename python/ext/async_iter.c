@@ -13,10 +13,6 @@
  */
 #include "async.h"
 
-/* PyPy's C-API layer lacks what arun is built on (am_send, the contextvars
- * C API): no arun there (async_driver.c says so too). */
-#ifndef PYPY_VERSION
-
 /* Declared in async.h. */
 _Thread_local lockstep_iter *pyls_tls_async __attribute__((tls_model("initial-exec")));
 
@@ -328,4 +324,3 @@ PyType_Spec pyls_aiter_spec = {
     .slots = aiter_slots,
 };
 
-#endif /* !PYPY_VERSION */

@@ -65,9 +65,7 @@ static PyObject *py_fault_arm(PyObject *m, PyObject *const *args, Py_ssize_t nar
 static PyMethodDef module_methods[] = {
     {"run", (PyCFunction)(void (*)(void))pyls_run, METH_FASTCALL | METH_KEYWORDS, pyls_run_doc},
     {"engines", py_engines, METH_NOARGS, engines_doc},
-#ifndef PYPY_VERSION /* async_driver.c says why */
     {"arun", (PyCFunction)(void (*)(void))pyls_arun, METH_FASTCALL | METH_KEYWORDS, pyls_arun_doc},
-#endif
     {"run_read", (PyCFunction)(void (*)(void))pyls_run_read, METH_FASTCALL | METH_KEYWORDS,
      pyls_run_read_doc},
     {"_fault_arm", (PyCFunction)(void (*)(void))py_fault_arm, METH_FASTCALL, NULL},
@@ -104,7 +102,6 @@ static int module_exec(PyObject *m)
     st->stream_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &pyls_stream_spec, NULL);
     if (st->stream_type == NULL || PyModule_AddType(m, st->stream_type) < 0)
         return -1;
-#ifndef PYPY_VERSION
     st->aiter_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &pyls_aiter_spec, NULL);
     if (st->aiter_type == NULL || PyModule_AddType(m, st->aiter_type) < 0)
         return -1;
@@ -114,7 +111,6 @@ static int module_exec(PyObject *m)
     st->anext_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &pyls_anext_spec, NULL);
     if (st->anext_type == NULL)
         return -1;
-#endif
     st->bytes_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &pyls_bytes_spec, NULL);
     if (st->bytes_type == NULL || PyModule_AddType(m, st->bytes_type) < 0)
         return -1;

@@ -58,9 +58,15 @@ typedef enum { PYGEN_RETURN = 0, PYGEN_ERROR = -1, PYGEN_NEXT = 1 } PySendResult
 static inline PySendResult lockstep__py_iter_send(PyObject *iter, PyObject *arg,
                                                   PyObject **presult)
 {
-    PyObject *r = arg == Py_None && PyIter_Check(iter)
-                      ? Py_TYPE(iter)->tp_iternext(iter)
-                      : PyObject_CallMethod(iter, "send", "O", arg);
+#ifdef PYPY_VERSION
+    /* Its C-API layer's tp_iternext drops a StopIteration's value (an
+     * awaitable's result): send, whenever there is a send. */
+    int fast = arg == Py_None && PyIter_Check(iter) && !PyObject_HasAttrString(iter, "send");
+#else
+    int fast = arg == Py_None && PyIter_Check(iter);
+#endif
+    PyObject *r = fast ? Py_TYPE(iter)->tp_iternext(iter)
+                       : PyObject_CallMethod(iter, "send", "O", arg);
     *presult = r;
     if (r != NULL)
         return PYGEN_NEXT;
@@ -96,6 +102,32 @@ static inline PyObject *lockstep__context_copy_current(void)
     return copy;
 }
 #  define PyContext_CopyCurrent lockstep__context_copy_current
+#endif
+
+/* What async_driver.c uses that PyPy's C-API layer (7.3, Python 3.9)
+ * leaves out: the async generator flag and check, and the attribute
+ * look-up that tells "missing" from "failed" (1 and *out, 0 and NULL, or
+ * -1 with an exception). */
+#ifdef PYPY_VERSION
+#  ifndef CO_ASYNC_GENERATOR
+#    define CO_ASYNC_GENERATOR 0x0200 /* the value CPython and PyPy's compiler set */
+#  endif
+static inline int lockstep__asyncgen_check_exact(PyObject *ob)
+{
+    return strcmp(Py_TYPE(ob)->tp_name, "async_generator") == 0;
+}
+#  define PyAsyncGen_CheckExact(ob) lockstep__asyncgen_check_exact((PyObject *)(ob))
+static inline int lockstep__lookup_attr(PyObject *ob, PyObject *name, PyObject **out)
+{
+    *out = PyObject_GetAttr(ob, name);
+    if (*out != NULL)
+        return 1;
+    if (!PyErr_ExceptionMatches(PyExc_AttributeError))
+        return -1;
+    PyErr_Clear();
+    return 0;
+}
+#  define _PyObject_LookupAttr lockstep__lookup_attr
 #endif
 
 #endif /* LOCKSTEP_PYCOMPAT_H */

@@ -44,10 +44,9 @@ from ._lockstep import (
     run,
 )
 
-try:  # lockstep.arun: async sources and consumers; not on PyPy (python/ext/async_driver.c)
-    from ._lockstep import AsyncIterator, arun
-except ImportError:
-    pass
+# lockstep.arun: async sources and consumers (python/ext/async_driver.c);
+# on PyPy too, where synchronous consumers need greenlet's C API it lacks.
+from ._lockstep import AsyncIterator, arun  # noqa: E402
 
 __version__ = "0.1.0"
 # --------------------------------------------------------------------------
@@ -126,5 +125,4 @@ from ._bytes import DEFAULT_BYTES_WINDOW, Reader, run_bytes  # noqa: E402
 from ._lockstep import ByteIterator  # noqa: E402
 
 __all__ += ["run_bytes", "Reader", "ByteIterator", "DEFAULT_BYTES_WINDOW"]
-if "arun" in globals():  # not on PyPy
-    __all__ += ["arun", "AsyncIterator"]  # lockstep.arun (python/ext/async_driver.c)
+__all__ += ["arun", "AsyncIterator"]  # lockstep.arun (python/ext/async_driver.c)

@@ -11,8 +11,6 @@ import pytest
 
 import lockstep
 
-if not hasattr(lockstep, "arun"):
-    pytest.skip("no lockstep.arun in this build (PyPy)", allow_module_level=True)
 from conftest import Boom
 from test_leaks import ITEM, RESULT, RUNS, assert_flat
 

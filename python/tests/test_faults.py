@@ -94,8 +94,7 @@ def fail_at(fn, engine, kind, nth):
         _lockstep._fault_arm(kind, 0)
 
 
-# No arun on PyPy (python/ext/async_driver.c says why).
-CASES = [(arun_once, None, ALLOC), (arun_once, "buffer", ALLOC)] if hasattr(lockstep, "arun") else []
+CASES = [(arun_once, None, ALLOC), (arun_once, "buffer", ALLOC)]
 CASES += [(bytes_once, e, ALLOC) for e in lockstep.engines()]
 if "thread" in lockstep.engines():
     CASES.append((bytes_once, "thread", THREAD))
