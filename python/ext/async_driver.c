@@ -30,6 +30,11 @@
  *     (no greenlet).  Any other consumer was synchronous: its call runs on
  *     a greenlet of its own, and its iterator's __next__ switches back to
  *     the driver when the window is used up.
+ *   - Before Python 3.10, and on PyPy (7.3, Python 3.9, through its C-API
+ *     layer), the same objects are served through tp_iternext, send and
+ *     throw (pycompat.h's PyIter_Send); on PyPy each consumer's context is
+ *     entered with Context.run, and synchronous consumers raise at their
+ *     first next(), since PyPy's greenlet has no C API.
  *
  * Public objects: arun().
  */
@@ -80,7 +85,8 @@ static int fetch_stop_value(PyObject **out)
         return -1;
     PyObject *exc = pyls_fetch_exception();
 #ifdef PYPY_VERSION
-    /* PyPy's C-API layer has no PyStopIterationObject fields. */
+    /* PyPy's C-API layer is not relied on to fill PyStopIterationObject's
+     * value field: the attribute is. */
     PyObject *v = PyObject_GetAttrString(exc, "value");
     Py_DECREF(exc);
     if (v == NULL)
@@ -110,8 +116,9 @@ static int is_cancellation(PyObject *exc)
 }
 
 /* Returns the co_flags of code object code, or 0 when it is none (no
- * exception left).  PyPy's C-API layer leaves PyCodeObject.co_flags 0, so
- * there they come from the attribute. */
+ * exception left).  Through PyPy's C-API layer the struct field did not
+ * give them (the async generator check missed), so there they come from
+ * the co_flags attribute. */
 static int code_flags(PyObject *code)
 {
     if (code == NULL || !PyCode_Check(code))
