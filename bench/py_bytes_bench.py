@@ -32,7 +32,7 @@ Rows, all from ONE process, each the minimum of --repeat runs:
 --rss also runs the greenlet and thread engines in fresh processes at 64 MiB
 and 1 GiB and prints each one's peak RSS (ru_maxrss), which must not grow
 with the stream's length.  --sweep times the greenlet and thread runs over
-windows from 16 KiB to 4 MiB (how DEFAULT_BYTES_WINDOW was chosen).
+windows from 16 KiB to 4 MiB (how DEFAULT_BYTES_WINDOWS were chosen).
 --json FILE writes the rows.
 """
 import argparse
@@ -173,7 +173,7 @@ def table(lockstep, mib, repeat):
     copies = 2 * t["one consumer's readinto copies alone"]
     t[FLOOR_COPIES] = floor + copies
     cpu[FLOOR_COPIES] = cpu_floor + 2 * cpu["one consumer's readinto copies alone"]
-    print(f"## run_bytes: file_digest sha256 + sha1 over {mib} MiB, window {window} "
+    print(f"## run_bytes: file_digest sha256 + sha1 over {mib} MiB, default windows {lockstep.DEFAULT_BYTES_WINDOWS} "
           f"(min of {repeat}, interleaved; load {os.getloadavg()[0]:.1f})\n")
     print("| row | seconds | MB/s of stream | CPU seconds |")
     print("|---|---:|---:|---:|")

@@ -121,8 +121,8 @@ __all__ = ["run", "Stream", "Iterator", "engines", "DEFAULT_WINDOW", "DEFAULT_WI
 __all__ += ["build_info"]  # lockstep.build_info(), above
 
 # Byte streams (issue 13): run_bytes and the reader it hands each consumer.
-from ._bytes import DEFAULT_BYTES_WINDOW, Reader, run_bytes  # noqa: E402
+from ._bytes import DEFAULT_BYTES_WINDOW, DEFAULT_BYTES_WINDOWS, Reader, run_bytes  # noqa: E402
 from ._lockstep import ByteIterator  # noqa: E402
 
-__all__ += ["run_bytes", "Reader", "ByteIterator", "DEFAULT_BYTES_WINDOW"]
+__all__ += ["run_bytes", "Reader", "ByteIterator", "DEFAULT_BYTES_WINDOW", "DEFAULT_BYTES_WINDOWS"]
 __all__ += ["arun", "AsyncIterator"]  # lockstep.arun (python/ext/async_driver.c)

@@ -120,6 +120,7 @@ from io import BufferedIOBase
 from typing import Protocol, Union
 
 DEFAULT_BYTES_WINDOW: int
+DEFAULT_BYTES_WINDOWS: dict[str, int]
 
 class _BinaryReadable(Protocol):
     def read(self, size: int = ..., /) -> bytes: ...

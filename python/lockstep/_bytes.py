@@ -22,14 +22,19 @@ import io
 
 from . import _lockstep
 
-__all__ = ["run_bytes", "Reader", "DEFAULT_BYTES_WINDOW"]
+__all__ = ["run_bytes", "Reader", "DEFAULT_BYTES_WINDOW", "DEFAULT_BYTES_WINDOWS"]
 
-# Bytes the window holds when window=None: 256 KiB, the buffer
-# hashlib.file_digest reads into, and far above the 2 KiB beyond which
-# hashlib and zlib release the GIL (so the thread engine, which splits the
-# window into a ring of four segments, hashes in parallel).  The sweep in
-# bench/py_bytes_bench.py --sweep; python/README.md.
-DEFAULT_BYTES_WINDOW = 256 * 1024
+# Bytes the window holds when window=None, per engine.  greenlet: 64 KiB.
+# Two file_digest consumers (SHA-256, SHA-1) over 128 MiB took, in CPU
+# seconds against 0.190 for the two hashes alone: 32 KiB 0.226, 64 KiB
+# 0.234, 128 KiB 0.273, 256 KiB 0.297, 512 KiB 0.249; the window and each
+# consumer's own 256 KiB buffer then compete for the 512 KiB L2.  thread:
+# 256 KiB, far above the 2 KiB beyond which hashlib and zlib release the
+# GIL, split into a ring of four segments so that the source is read ahead
+# while consumers hash (its sweep: bench/py_bytes_bench.py --sweep).
+# buffer reads everything first; its window only sizes the reads.
+DEFAULT_BYTES_WINDOWS = {"greenlet": 64 * 1024, "thread": 256 * 1024, "buffer": 64 * 1024}
+DEFAULT_BYTES_WINDOW = DEFAULT_BYTES_WINDOWS["greenlet"]
 
 _NO_LIMIT = -1
 
@@ -155,10 +160,15 @@ class Reader(io.BufferedIOBase):
         return f"<lockstep.Reader {'closed' if self.closed else 'open'}>"
 
 
-def _parse_window(window):
-    """The window in bytes: DEFAULT_BYTES_WINDOW for None; else checked by
-    run_read (TypeError, ValueError for < 1 or > MAX_WINDOW)."""
-    return DEFAULT_BYTES_WINDOW if window is None else window
+def _parse_window(window, engine):
+    """The window in bytes: for None, DEFAULT_BYTES_WINDOWS of the engine
+    that will run (engine=None: the first of engines()); else window as
+    given, checked by run_read (TypeError, ValueError for < 1 or >
+    MAX_WINDOW), which also rejects an unknown engine."""
+    if window is not None:
+        return window
+    name = engine if engine is not None else _lockstep.engines()[0]
+    return DEFAULT_BYTES_WINDOWS.get(name, DEFAULT_BYTES_WINDOW)
 
 
 def _readinto_of(source):
@@ -255,7 +265,8 @@ def run_bytes(source, /, *consumers, window=None, engine=None):
           ...     lambda f: sum(1 for line in f))
           ('b6285c57e879', 3)
 
-    window: the window in bytes (None: DEFAULT_BYTES_WINDOW, 256 KiB): the
+    window: the window in bytes (None: DEFAULT_BYTES_WINDOWS[engine], 64 KiB
+      on greenlet, 256 KiB on threads): the
       source is read at most that far ahead of the slowest consumer, and
       memory stays bounded by it whatever the stream's length.
     engine: as in lockstep.run: 'greenlet', 'thread' (hashlib and zlib
@@ -270,7 +281,7 @@ def run_bytes(source, /, *consumers, window=None, engine=None):
     calls read() with no size (json.load does) buffers the rest of the
     stream itself.
     """
-    w = _parse_window(window)
+    w = _parse_window(window, engine)
     readinto = _readinto_of(source)
     for i, fn in enumerate(consumers):
         if not callable(fn):

@@ -375,7 +375,7 @@ def test_early_exit_reads_at_most_a_window_past_the_last_stop(bounded_engine, wi
     got = lockstep.run_bytes(src, first_line, lambda f: f.read(1000), lambda f: None,
                              window=window, engine=bounded_engine)
     assert got == (b"k\n", b"k\n" * 500, None)
-    w = window or lockstep.DEFAULT_BYTES_WINDOW
+    w = window or lockstep.DEFAULT_BYTES_WINDOWS[bounded_engine]
     assert 1000 <= src.served <= 1000 + w - 1 or (w > 1000 and src.served <= w)
 
 
