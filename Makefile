@@ -83,11 +83,10 @@ test-release: build
 	cd build && ctest --output-on-failure -j $(JOBS)
 	tests/install_smoke.sh build
 
-# The Python suite on every engine, then again with greenlet made
-# unimportable, which proves the thread fallback.
+# The Python suite on every engine, and with greenlet made unimportable,
+# which proves the thread fallback: both at once (scripts/python_suites.sh).
 test-python: python
-	$(PYTHON) -m pytest -q python/tests
-	LOCKSTEP_NO_GREENLET=1 $(PYTHON) -m pytest -q python/tests
+	scripts/python_suites.sh $(PYTHON)
 
 # The Python version matrix: CPython 3.9 to 3.13 (pyenv) and Debian's PyPy,
 # each in its own virtualenv under build-py/ with the pins of
