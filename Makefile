@@ -83,10 +83,11 @@ test-release: build
 	cd build && ctest --output-on-failure -j $(JOBS)
 	tests/install_smoke.sh build
 
-# The Python suite on every engine, and with greenlet made unimportable,
-# which proves the thread fallback: both at once (scripts/python_suites.sh).
+# The Python suite on every engine, then again with greenlet made
+# unimportable, which proves the thread fallback.
 test-python: python
-	scripts/python_suites.sh $(PYTHON)
+	$(PYTHON) -m pytest -q python/tests
+	LOCKSTEP_NO_GREENLET=1 $(PYTHON) -m pytest -q python/tests
 
 # The Python version matrix: CPython 3.9 to 3.13 (pyenv) and Debian's PyPy,
 # each in its own virtualenv under build-py/ with the pins of
