@@ -253,9 +253,16 @@ PyType_Spec pyls_bytes_spec = {
 long pyls_rs_read(void *arg, void *items, size_t max)
 {
     runstate *rs = arg;
+    PyObject *staged = NULL; /* PyPy: the bytearray the source filled */
     if (PyErr_CheckSignals() < 0)
         goto failed;
+#ifndef PYPY_VERSION
     PyObject *view = PyMemoryView_FromMemory(items, (Py_ssize_t)max, PyBUF_WRITE);
+#else
+    /* cpyext hands out read-only memoryviews over raw memory: the source
+     * fills a bytearray, copied into the window below (a copy on PyPy only). */
+    PyObject *view = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)max);
+#endif
     if (view == NULL)
         goto failed;
     PyObject *r = PyObject_CallOneArg(rs->readinto, view);
@@ -279,15 +286,10 @@ long pyls_rs_read(void *arg, void *items, size_t max)
                         "lockstep.run_bytes: readinto kept a slice or a buffer export of its "
                         "buffer, which lies in the window");
     }
-#else /* cpyext has no managed buffers to mark: release the view itself */
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    PyObject *released = PyObject_CallMethod(view, "release", NULL);
-    Py_XDECREF(released);
-    PyErr_Clear();
-    PyErr_Restore(type, value, tb);
-#endif
     Py_DECREF(view);
+#else /* the bytearray is ours: nothing the source kept reaches the window */
+    staged = view;
+#endif
     if (r == NULL)
         goto failed;
     if (r == Py_None) { /* a non-blocking source with no data yet */
@@ -307,8 +309,13 @@ long pyls_rs_read(void *arg, void *items, size_t max)
                      max);
         goto failed;
     }
+    if (staged != NULL) {
+        memcpy(items, PyByteArray_AS_STRING(staged), (size_t)n);
+        Py_DECREF(staged);
+    }
     return (long)n;
 failed:
+    Py_XDECREF(staged);
     Py_XSETREF(rs->src_exc, pyls_fetch_exception());
     return PYLOCKSTEP_EPYTHON;
 }

@@ -30,7 +30,7 @@ import zlib
 import pytest
 
 import lockstep
-from conftest import BOUNDED, ENGINES, Boom
+from conftest import BOUNDED, ENGINES, PYPY, Boom
 from test_leaks import RESULT, assert_flat
 
 BYTE_WINDOWS = [1, 7, 4096, None]
@@ -454,6 +454,8 @@ class KeepingFile(io.RawIOBase):
         return n
 
 
+@pytest.mark.skipif(PYPY, reason="on PyPy the source fills a bytearray of its own, copied into "
+                    "the window: nothing it keeps can reach the window")
 def test_source_cannot_keep_the_window(engine):
     src = KeepingFile(False)
     assert lockstep.run_bytes(src, lambda f: f.read(7), window=5, engine=engine) == (b"abcabca",)
