@@ -63,7 +63,7 @@ install() {
   local name=$1; shift
   fresh_copy "$tmp/$name-src"
   "$python" -m venv "$tmp/$name"
-  "$tmp/$name/bin/python" -m pip install -q --disable-pip-version-check "greenlet==$GREENLET_PIN"
+  "$tmp/$name/bin/python" -m pip install -q --disable-pip-version-check "$GREENLET_PIN"
   if ! env "$@" "$tmp/$name/bin/python" -m pip install -v --disable-pip-version-check \
          "$tmp/$name-src" >"$tmp/$name.log" 2>&1; then
     cat "$tmp/$name.log" >&2
@@ -72,8 +72,10 @@ install() {
   fi
 }
 
-# The greenlet a user has at run time; any release in pyproject's range does.
-GREENLET_PIN=3.1.1
+# The greenlet a user has at run time (the version matrix's pin; any release
+# in pyproject's range does).
+GREENLET_PIN=$(grep -o '^greenlet==[^;[:space:]]*' "$src/python/requirements-test.txt" || true)
+[[ -n $GREENLET_PIN ]] || { echo "python_install: no greenlet pin in python/requirements-test.txt" >&2; exit 1; }
 
 passed=0
 # check NAME CODE: runs CODE in venv NAME, from outside the source tree, with
