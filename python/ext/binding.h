@@ -70,6 +70,19 @@
 #define PYLOCKSTEP_WINDOW_THREAD 2048
 #define PYLOCKSTEP_WINDOW_BUFFER 512
 
+/* Bytes the window holds when a byte run (run_bytes) has window=None, per
+ * engine: the core's byte budgets (bench/py_bytes_bench.py --sweep, two
+ * file_digest consumers, each reading 256 KiB at a time).  greenlet and
+ * buffer: 64 KiB, since a larger window and the consumers' own buffers
+ * compete for the 512 KiB L2 (CPU seconds over 128 MiB: 64 KiB 0.234, 256
+ * KiB 0.297).  thread: 1 MiB, a ring of four 256 KiB segments, so that each
+ * such read takes one segment while the source reads ahead: at 256 KiB
+ * (64 KiB segments) one read needed the whole ring and the threads took
+ * turns (thread 1.0x as fast as greenlet; 1 MiB 1.6-1.8x, 4 MiB no better). */
+#define PYLOCKSTEP_BYTES_WINDOW_GREENLET LOCKSTEP_DEFAULT_WINDOW_BYTES
+#define PYLOCKSTEP_BYTES_WINDOW_THREAD LOCKSTEP_DEFAULT_THREAD_WINDOW_BYTES
+#define PYLOCKSTEP_BYTES_WINDOW_BUFFER LOCKSTEP_DEFAULT_WINDOW_BYTES
+
 /* The code a consumer or the producer fails with when the failure is a
  * Python exception; the exception itself is kept by the binding. */
 #define PYLOCKSTEP_EPYTHON (-1)
@@ -181,6 +194,10 @@ void pyls_greenlet_pull(runstate *rs, PyObject *src);
 /* The engines' names, indexed by pyengine. */
 extern const char *const pyls_engine_names[ENG_COUNT_];
 
+/* Windows for window=None, indexed by [bytes][pyengine]: items for run()
+ * and Stream, bytes for run_read. */
+extern const size_t pyls_default_windows[2][ENG_COUNT_];
+
 /* Takes the pending exception and returns it normalized, with its traceback
  * attached (a new reference; never NULL). */
 PyObject *pyls_fetch_exception(void);
@@ -191,11 +208,12 @@ void pyls_raise_exception(PyObject *exc);
 /* Raises the Python exception that stands for library code rc; returns NULL. */
 PyObject *pyls_raise_code(int rc);
 
-/* Fills rs for n consumers: checks they are callable, parses window and
- * engine.  On failure (-1, exception set) rs owns whatever it took; call
- * pyls_rs_clear either way. */
+/* Fills rs for n consumers of objects, or of bytes when bytes is set
+ * (run_read): checks they are callable, parses window and engine (None:
+ * that engine's default for the kind of item).  On failure (-1, exception
+ * set) rs owns whatever it took; call pyls_rs_clear either way. */
 int pyls_rs_init(runstate *rs, modstate *st, PyObject *const *consumers, size_t n,
-                 PyObject *window, PyObject *engine);
+                 PyObject *window, PyObject *engine, int bytes);
 
 /* Releases every reference rs holds and its slot array.  The stream must
  * be closed (rs->s == NULL). */

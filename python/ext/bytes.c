@@ -342,9 +342,8 @@ PyObject *pyls_run_read(PyObject *module, PyObject *const *args, Py_ssize_t narg
         return NULL;
     }
     if (pyls_rs_init(&rs, PyModule_GetState(module), args + 1, (size_t)(nargs - 1), window,
-                     engine) < 0)
+                     engine, 1) < 0)
         goto done;
-    rs.bytes = 1;
     rs.readinto = args[0]; /* borrowed: args outlive the run */
     if (pyls_rs_open(&rs) < 0)
         goto done;

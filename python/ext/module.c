@@ -2,8 +2,8 @@
  * module.c: the module lockstep._lockstep itself: its definition and
  * state (the Iterator, Stream and AsyncIterator types, the greenlet
  * marker), engines(), arun() (defined in async_driver.c),
- * the constants (DEFAULT_WINDOW, DEFAULT_WINDOWS, MAX_WINDOW,
- * core_version, HAVE_GREENLET_ENGINE) and PyInit__lockstep, the one
+ * the constants (DEFAULT_WINDOW, DEFAULT_WINDOWS, DEFAULT_BYTES_WINDOW,
+ * DEFAULT_BYTES_WINDOWS, MAX_WINDOW, core_version, HAVE_GREENLET_ENGINE) and PyInit__lockstep, the one
  * exported symbol.  run() lives in run.c, the types in iterator.c and
  * stream.c.
  */
@@ -89,6 +89,31 @@ static int pypy_prepare(modstate *st)
 }
 #endif
 
+/* Adds dict_name, {engine name: window} from windows (indexed by
+ * pyengine), and one_name, the greenlet engine's window (the first engine
+ * when greenlet is there).  Returns 0, or -1 with an exception set. */
+static int add_windows(PyObject *m, const char *dict_name, const char *one_name,
+                       const size_t windows[ENG_COUNT_])
+{
+    PyObject *d = PyDict_New();
+    if (d == NULL)
+        return -1;
+    for (int e = 0; e < ENG_COUNT_; e++) {
+        PyObject *w = PyLong_FromSize_t(windows[e]);
+        int rc = w == NULL ? -1 : PyDict_SetItemString(d, pyls_engine_names[e], w);
+        Py_XDECREF(w);
+        if (rc < 0) {
+            Py_DECREF(d);
+            return -1;
+        }
+    }
+    int rc = PyModule_AddObjectRef(m, dict_name, d);
+    Py_DECREF(d);
+    if (rc < 0)
+        return -1;
+    return PyModule_AddIntConstant(m, one_name, (long)windows[ENG_GREENLET]);
+}
+
 static int module_exec(PyObject *m)
 {
     modstate *st = PyModule_GetState(m);
@@ -120,17 +145,10 @@ static int module_exec(PyObject *m)
     st->marker_args = PyTuple_Pack(1, st->marker);
     if (st->marker_args == NULL)
         return -1;
-    PyObject *windows = Py_BuildValue("{snsnsn}", "greenlet", (Py_ssize_t)PYLOCKSTEP_WINDOW_GREENLET,
-                                      "thread", (Py_ssize_t)PYLOCKSTEP_WINDOW_THREAD, "buffer",
-                                      (Py_ssize_t)PYLOCKSTEP_WINDOW_BUFFER);
-    if (windows == NULL)
+    if (add_windows(m, "DEFAULT_WINDOWS", "DEFAULT_WINDOW", pyls_default_windows[0]) < 0 ||
+        add_windows(m, "DEFAULT_BYTES_WINDOWS", "DEFAULT_BYTES_WINDOW", pyls_default_windows[1]) < 0)
         return -1;
-    int added = PyModule_AddObjectRef(m, "DEFAULT_WINDOWS", windows);
-    Py_DECREF(windows);
-    if (added < 0)
-        return -1;
-    if (PyModule_AddIntConstant(m, "DEFAULT_WINDOW", PYLOCKSTEP_WINDOW_GREENLET) < 0 ||
-        PyModule_AddIntConstant(m, "MAX_WINDOW", (long)LOCKSTEP_MAX_WINDOW) < 0 ||
+    if (PyModule_AddIntConstant(m, "MAX_WINDOW", (long)LOCKSTEP_MAX_WINDOW) < 0 ||
         PyModule_AddStringConstant(m, "core_version", lockstep_version_string()) < 0 ||
         PyModule_AddIntConstant(m, "HAVE_GREENLET_ENGINE", LOCKSTEP_HAVE_GREENLET) < 0)
         return -1;

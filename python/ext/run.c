@@ -14,8 +14,11 @@
 #include <string.h>
 
 const char *const pyls_engine_names[ENG_COUNT_] = {"greenlet", "thread", "buffer"};
-static const size_t default_windows[ENG_COUNT_] = {
-    PYLOCKSTEP_WINDOW_GREENLET, PYLOCKSTEP_WINDOW_THREAD, PYLOCKSTEP_WINDOW_BUFFER};
+const size_t pyls_default_windows[2][ENG_COUNT_] = {
+    {PYLOCKSTEP_WINDOW_GREENLET, PYLOCKSTEP_WINDOW_THREAD, PYLOCKSTEP_WINDOW_BUFFER},
+    {PYLOCKSTEP_BYTES_WINDOW_GREENLET, PYLOCKSTEP_BYTES_WINDOW_THREAD,
+     PYLOCKSTEP_BYTES_WINDOW_BUFFER},
+};
 
 /* ------------------------------------------------------------------------
  * Exceptions.
@@ -217,10 +220,11 @@ int pyls_parse_window(PyObject *obj, size_t *out)
  * engine.  On failure (-1, exception set) rs owns whatever it took; call
  * pyls_rs_clear either way. */
 int pyls_rs_init(runstate *rs, modstate *st, PyObject *const *consumers, size_t n,
-                   PyObject *window, PyObject *engine)
+                   PyObject *window, PyObject *engine, int bytes)
 {
     memset(rs, 0, sizeof *rs);
     rs->st = st;
+    rs->bytes = bytes != 0;
     for (size_t i = 0; i < n; i++) {
         if (!PyCallable_Check(consumers[i])) {
             PyErr_Format(PyExc_TypeError, "lockstep consumer %zu is not callable: %.200s object",
@@ -231,7 +235,7 @@ int pyls_rs_init(runstate *rs, modstate *st, PyObject *const *consumers, size_t 
     if (pyls_parse_window(window, &rs->window) < 0 || parse_engine(engine, &rs->engine) < 0)
         return -1;
     if (rs->window == 0)
-        rs->window = default_windows[rs->engine];
+        rs->window = pyls_default_windows[rs->bytes][rs->engine];
     rs->slots = PyMem_Calloc(n ? n : 1, sizeof *rs->slots);
     if (rs->slots == NULL) {
         PyErr_NoMemory();
@@ -505,7 +509,7 @@ PyObject *pyls_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
         return NULL;
     }
     if (pyls_rs_init(&rs, PyModule_GetState(module), args + 1, (size_t)(nargs - 1), window,
-                engine) < 0)
+                engine, 0) < 0)
         goto done;
     src = PyObject_GetIter(args[0]);
     if (src == NULL)

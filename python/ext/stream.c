@@ -80,7 +80,7 @@ static PyObject *stream_new(PyTypeObject *type, PyObject *args, PyObject *kwargs
     }
     self->rs = rs;
     if (pyls_rs_init(rs, type_state(type), &PyTuple_GET_ITEM(args, 0),
-                (size_t)PyTuple_GET_SIZE(args), window, engine) < 0 ||
+                (size_t)PyTuple_GET_SIZE(args), window, engine, 0) < 0 ||
         pyls_rs_open(rs) < 0) {
         Py_DECREF(self); /* dealloc clears rs: the stream never opened */
         return NULL;

@@ -24,17 +24,11 @@ from . import _lockstep
 
 __all__ = ["run_bytes", "Reader", "DEFAULT_BYTES_WINDOW", "DEFAULT_BYTES_WINDOWS"]
 
-# Bytes the window holds when window=None, per engine.  greenlet: 64 KiB.
-# Two file_digest consumers (SHA-256, SHA-1) over 128 MiB took, in CPU
-# seconds against 0.190 for the two hashes alone: 32 KiB 0.226, 64 KiB
-# 0.234, 128 KiB 0.273, 256 KiB 0.297, 512 KiB 0.249; the window and each
-# consumer's own 256 KiB buffer then compete for the 512 KiB L2.  thread:
-# 256 KiB, far above the 2 KiB beyond which hashlib and zlib release the
-# GIL, split into a ring of four segments so that the source is read ahead
-# while consumers hash (its sweep: bench/py_bytes_bench.py --sweep).
-# buffer reads everything first; its window only sizes the reads.
-DEFAULT_BYTES_WINDOWS = {"greenlet": 64 * 1024, "thread": 256 * 1024, "buffer": 64 * 1024}
-DEFAULT_BYTES_WINDOW = DEFAULT_BYTES_WINDOWS["greenlet"]
+# Bytes the window holds when window=None, per engine (the binding's
+# table, python/ext/binding.h, which says how they were chosen): greenlet
+# and buffer 64 KiB, thread 1 MiB.
+DEFAULT_BYTES_WINDOWS = _lockstep.DEFAULT_BYTES_WINDOWS
+DEFAULT_BYTES_WINDOW = _lockstep.DEFAULT_BYTES_WINDOW
 
 _NO_LIMIT = -1
 
@@ -64,6 +58,12 @@ class Reader(io.BufferedIOBase):
         if self.closed:
             raise ValueError("I/O operation on closed file.")
 
+    def _check_open(self):
+        """_check before a read: the read's own ByteIterator call checks
+        the consumer, so an open reader need not check it twice."""
+        if self.closed:
+            self._check()
+
     def readable(self):
         self._check()
         return True
@@ -79,7 +79,7 @@ class Reader(io.BufferedIOBase):
     def read(self, size=-1):
         """Up to size bytes (fewer only at the end); everything left when
         size is None or negative, which buffers the rest of the stream."""
-        self._check()
+        self._check_open()
         take = self._h.take
         if size is None or size < 0:
             parts = []
@@ -98,16 +98,16 @@ class Reader(io.BufferedIOBase):
     def read1(self, size=-1):
         """Up to size bytes, from what the window holds (waits only when
         it holds nothing for this consumer)."""
-        self._check()
+        self._check_open()
         return self._h.take(_NO_LIMIT if size is None or size < 0 else size)
 
     def readinto(self, b):
         """Fills b (fewer bytes only at the end); returns how many."""
-        self._check()
+        self._check_open()
         readinto1 = self._h.readinto1
         with memoryview(b) as view, view.cast("B") as dst:
-            done, want = 0, len(dst)
-            while done < want:
+            done, want = readinto1(dst), len(dst)  # the first call also checks the consumer
+            while 0 < done < want:
                 n = readinto1(dst[done:])
                 if not n:
                     break
@@ -116,13 +116,13 @@ class Reader(io.BufferedIOBase):
 
     def readinto1(self, b):
         """Copies into b up to len(b) bytes of what the window holds."""
-        self._check()
+        self._check_open()
         with memoryview(b) as view, view.cast("B") as dst:
             return self._h.readinto1(dst)
 
     def readline(self, size=-1):
         """One line, up to and including b'\\n', or up to size bytes."""
-        self._check()
+        self._check_open()
         readline1 = self._h.readline1
         if size is None or size < 0:
             size = _NO_LIMIT
@@ -143,7 +143,7 @@ class Reader(io.BufferedIOBase):
 
     def peek(self, size=0):
         """The bytes in hand (at least one unless at the end), not consumed."""
-        self._check()
+        self._check_open()
         return self._h.peek()
 
     def close(self):
@@ -158,17 +158,6 @@ class Reader(io.BufferedIOBase):
 
     def __repr__(self):
         return f"<lockstep.Reader {'closed' if self.closed else 'open'}>"
-
-
-def _parse_window(window, engine):
-    """The window in bytes: for None, DEFAULT_BYTES_WINDOWS of the engine
-    that will run (engine=None: the first of engines()); else window as
-    given, checked by run_read (TypeError, ValueError for < 1 or >
-    MAX_WINDOW), which also rejects an unknown engine."""
-    if window is not None:
-        return window
-    name = engine if engine is not None else _lockstep.engines()[0]
-    return DEFAULT_BYTES_WINDOWS.get(name, DEFAULT_BYTES_WINDOW)
 
 
 def _readinto_of(source):
@@ -266,7 +255,7 @@ def run_bytes(source, /, *consumers, window=None, engine=None):
           ('b6285c57e879', 3)
 
     window: the window in bytes (None: DEFAULT_BYTES_WINDOWS[engine], 64 KiB
-      on greenlet, 256 KiB on threads): the
+      on greenlet, 1 MiB on threads): the
       source is read at most that far ahead of the slowest consumer, and
       memory stays bounded by it whatever the stream's length.
     engine: as in lockstep.run: 'greenlet', 'thread' (hashlib and zlib
@@ -281,9 +270,8 @@ def run_bytes(source, /, *consumers, window=None, engine=None):
     calls read() with no size (json.load does) buffers the rest of the
     stream itself.
     """
-    w = _parse_window(window, engine)
     readinto = _readinto_of(source)
     for i, fn in enumerate(consumers):
         if not callable(fn):
             raise TypeError(f"lockstep consumer {i} is not callable: {type(fn).__name__} object")
-    return _lockstep.run_read(readinto, *map(_consumer, consumers), window=w, engine=engine)
+    return _lockstep.run_read(readinto, *map(_consumer, consumers), window=window, engine=engine)

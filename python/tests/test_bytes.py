@@ -508,6 +508,55 @@ def test_reader_after_its_consumer_returned_raises(engine):
         f.read()
     with pytest.raises(RuntimeError):
         f.readline()
+    for misuse in (lambda: f.readinto(bytearray()), lambda: f.read(0), lambda: f.readinto1(b""),
+                   lambda: f.peek(), lambda: f.read1(0), lambda: f.readable()):
+        with pytest.raises((RuntimeError, TypeError)) as e:
+            misuse()
+        assert e.type is RuntimeError or "readinto1" in str(e.value)
+
+
+def test_reader_misuse_of_an_open_reader_raises_even_for_empty_reads(engine):
+    """An open reader handed out of its consumer: even a read that copies
+    nothing (an empty buffer, size 0) is refused."""
+    box = {}
+
+    def leak(f):
+        box["f"] = f
+        return f.read(1) + f.read(1)  # still running when the other uses f, bar buffer
+
+    def use_other(f):
+        first = f.read(1)  # after leak asked for it (any engine), so box is set
+        other = box["f"]
+        outcomes = []
+        for read in (lambda: other.readinto(bytearray()), lambda: other.read(0),
+                     lambda: other.read1(0), lambda: other.readinto(bytearray(4))):
+            try:
+                read()
+                outcomes.append("no error")
+            except RuntimeError:
+                outcomes.append("RuntimeError")
+        return outcomes, first
+
+    got = lockstep.run_bytes([b"abc"], leak, use_other, window=1, engine=engine)
+    assert got == (b"ab", (["RuntimeError"] * 4, b"a"))
+
+
+def test_default_window_is_the_engines_own(bounded_engine):
+    """window=None: DEFAULT_BYTES_WINDOWS[engine], from the binding's table;
+    no read asks for more, and one-byte readers over an endless source
+    leave at most that much read (not on the buffer engine, which reads
+    everything first)."""
+    engine = bounded_engine
+    w = lockstep.DEFAULT_BYTES_WINDOWS[engine]
+    assert lockstep.DEFAULT_BYTES_WINDOW == lockstep.DEFAULT_BYTES_WINDOWS["greenlet"]
+    src = CountingFile()
+    asked = []
+    readinto = src.readinto
+    src.readinto = lambda b: (asked.append(len(b)), readinto(b))[1]
+    got = lockstep.run_bytes(src, lambda f: f.read(1), lambda f: f.read(2), engine=engine)
+    assert got == (b"k", b"k\n")
+    assert asked and max(asked) <= w
+    assert 2 <= src.served <= w
 
 
 def test_reader_from_another_thread_raises(engine):
