@@ -224,6 +224,13 @@ static double take_job_run(void *arg)
     return run_take(j->e, j->window, j->item, j->bytes, j->n, &j->used);
 }
 
+/* The suites of the JSON rows: bench/py_chart.py draws one panel each,
+ * titled so. */
+#define SUITE_TAKE4 "C bytes: 4 consumers that lockstep_take each span"
+#define SUITE_DIGESTS "C bytes: SHA-256 + SHA-1 consumers"
+#define SUITE_PIPE "C bytes: 4 take consumers from a pipe"
+#define SUITE_RSS "C bytes: peak RSS by stream length"
+
 static void print_row(const char *suite, const char *name, double bytes, double t, double ratio,
                       long peak_kib)
 {
@@ -641,11 +648,11 @@ int main(int argc, char **argv)
     double t_fib = best_of(take_job_run, &fib);
     char name[128];
     snprintf(name, sizeof name, "lockstep fiber, window %zu B", fib.used);
-    print_row("take4", name, (double)bytes, t_fib, 1.0, 0);
+    print_row(SUITE_TAKE4, name, (double)bytes, t_fib, 1.0, 0);
     take_job thr = {LOCKSTEP_ENGINE_THREAD, 0, 1, bytes, 4, 0};
     double t_thr = best_of(take_job_run, &thr);
     snprintf(name, sizeof name, "lockstep thread, default window (%zu B)", thr.used);
-    print_row("take4", name, (double)bytes, t_thr, t_thr / t_fib, 0);
+    print_row(SUITE_TAKE4, name, (double)bytes, t_thr, t_thr / t_fib, 0);
     char cmd[512];
     uint64_t go_bytes = bytes / 4;
     snprintf(cmd, sizeof cmd,
@@ -654,7 +661,7 @@ int main(int argc, char **argv)
              go_path, (unsigned long long)go_bytes);
     double t_go = run_external(cmd);
     if (t_go > 0)
-        print_row("take4", "Go io.Pipe + io.MultiWriter, 4 readers (wall)", (double)go_bytes, t_go,
+        print_row(SUITE_TAKE4, "Go io.Pipe + io.MultiWriter, 4 readers (wall)", (double)go_bytes, t_go,
                   (t_go / (double)go_bytes) / (t_fib / (double)bytes), 0);
     else
         printf("| %-46s | could not run here (go run bench/go_pipe.go) |\n",
@@ -662,7 +669,7 @@ int main(int argc, char **argv)
     uint64_t tee_bytes = bytes / 16;
     double t_tee = best_of(tee_job, &tee_bytes);
     if (t_tee > 0)
-        print_row("take4", "GNU tee to 3 pipes (wall)", (double)tee_bytes, t_tee,
+        print_row(SUITE_TAKE4, "GNU tee to 3 pipes (wall)", (double)tee_bytes, t_tee,
                   (t_tee / (double)tee_bytes) / (t_fib / (double)bytes), 0);
     else
         printf("| %-46s | could not run here |\n", "GNU tee to 3 pipes");
@@ -679,16 +686,16 @@ int main(int argc, char **argv)
     double t1 = best_of(digest_alone, &dj);
     double tsrc = best_of(source_alone, &dj);
     double parts = t256 + t1 + tsrc;
-    print_row("digests", "SHA-256 alone, in memory", (double)dbytes, t256, t256 / parts, 0);
-    print_row("digests", "SHA-1 alone, in memory", (double)dbytes, t1, t1 / parts, 0);
-    print_row("digests", "source alone, window-sized reads", (double)dbytes, tsrc, tsrc / parts, 0);
-    print_row("digests", "sum of the three (the floor for fibers)", (double)dbytes, parts, 1.0, 0);
+    print_row(SUITE_DIGESTS, "SHA-256 alone, in memory", (double)dbytes, t256, t256 / parts, 0);
+    print_row(SUITE_DIGESTS, "SHA-1 alone, in memory", (double)dbytes, t1, t1 / parts, 0);
+    print_row(SUITE_DIGESTS, "source alone, window-sized reads", (double)dbytes, tsrc, tsrc / parts, 0);
+    print_row(SUITE_DIGESTS, "sum of the three (the floor for fibers)", (double)dbytes, parts, 1.0, 0);
     double tdf = best_of(digest_pair, &dj);
-    print_row("digests", "lockstep fiber: SHA-256 + SHA-1 (vs sum)", (double)dbytes, tdf,
+    print_row(SUITE_DIGESTS, "lockstep fiber: SHA-256 + SHA-1 (vs sum)", (double)dbytes, tdf,
               tdf / parts, 0);
     digest_job dt = {LOCKSTEP_ENGINE_THREAD, dbytes, 0};
     double tdt = best_of(digest_pair, &dt);
-    print_row("digests", "lockstep thread: same pair (vs sum)", (double)dbytes, tdt, tdt / parts,
+    print_row(SUITE_DIGESTS, "lockstep thread: same pair (vs sum)", (double)dbytes, tdt, tdt / parts,
               0);
     printf("thread engine speed-up over fibers: %.2fx\n", tdf / tdt);
     /* On a shared machine the wall clock says little about two threads;
@@ -711,8 +718,8 @@ int main(int argc, char **argv)
     pipe_job pr = {pbytes, dwin, 0}, pl = {pbytes, window_opt, 1};
     double tpr = best_of(pipe_run, &pr);
     double tpl = best_of(pipe_run, &pl);
-    print_row("pipe", "plain read(2) loop, window-sized buffer", (double)pbytes, tpr, 1.0, 0);
-    print_row("pipe", "lockstep fiber, 4 take consumers (throughput vs read)", (double)pbytes, tpl,
+    print_row(SUITE_PIPE, "plain read(2) loop, window-sized buffer", (double)pbytes, tpr, 1.0, 0);
+    print_row(SUITE_PIPE, "lockstep fiber, 4 take consumers (throughput vs read)", (double)pbytes, tpl,
               tpr / tpl, 0);
 
     printf("\n### Peak RSS, 4 take consumers (a child per row)\n");
@@ -724,7 +731,7 @@ int main(int argc, char **argv)
             long kib = child_peak(&j);
             snprintf(name, sizeof name, "%s, %s", e ? "thread" : "fiber", big ? "1 GiB" : "64 MiB");
             double t = take_job_run(&j);
-            print_row("rss", name, (double)n, t, 1.0, kib);
+            print_row(SUITE_RSS, name, (double)n, t, 1.0, kib);
         }
     if (do_sweep)
         sweep(quick ? (64u << 20) : (512u << 20));

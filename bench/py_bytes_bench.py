@@ -196,6 +196,17 @@ def table(lockstep, mib, repeat):
     return out
 
 
+def chart_rows(rows):
+    """The table in bench/py_chart.py's terms: throughput of the stream per
+    row, ratio = seconds / the floor's (issue 13's floor is 1)."""
+    floor = next(r["seconds"] for r in rows if r["row"].startswith("floor:"))
+    return [{"suite": "Python run_bytes: file_digest sha256 + sha1",
+             "name": ("lockstep." + r["row"]) if r["row"].startswith("run_bytes") else r["row"],
+             "seconds": r["seconds"], "bytes": r["mib"] * MIB,
+             "gb_per_s": r["mib"] * MIB / r["seconds"] / 1e9,
+             "ratio": r["seconds"] / floor} for r in rows]
+
+
 def sweep(lockstep, mib, repeat):
     block = os.urandom(BLOCK)
     total = mib * MIB
@@ -256,7 +267,8 @@ def main():
     import lockstep
     if not hasattr(hashlib, "file_digest"):
         sys.exit("py_bytes_bench needs Python 3.11+ (hashlib.file_digest)")
-    result = {"table": table(lockstep, args.mib, args.repeat)}
+    rows = table(lockstep, args.mib, args.repeat)
+    result = {"table": rows, "rows": chart_rows(rows)}
     if args.sweep:
         result["sweep"] = sweep(lockstep, max(args.mib // 4, 16), args.repeat)
     if args.rss:

@@ -13,7 +13,8 @@ and draws one horizontal bar per approach on a log time axis, one subplot per
 
 where only "name" and a time are required: "median_s", or else
 "ns_per_item" (turned into seconds when "n" is known, plotted as ns/item
-otherwise).  Rows with "skipped" are listed without a bar.  A non-empty
+otherwise), or a throughput, "gb_per_s" (the byte-stream suites,
+bench/bench_bytes.c and bench/py_bytes_bench.py, plotted as GB/s).  Rows with "skipped" are listed without a bar.  A non-empty
 "window_sweep" list adds a line plot of time against window per engine.
 
     /usr/bin/python3 bench/py_chart.py --out bench/py_results.png bench/py_results.json
@@ -66,7 +67,10 @@ def async_row(row):
 
 
 def row_value(row):
-    """(value, unit) to plot for a row: seconds, or ns/item without N; None if none."""
+    """(value, unit) to plot for a row: seconds, ns/item without N, or GB/s
+    for a throughput; None if none."""
+    if row.get("gb_per_s") is not None:
+        return row["gb_per_s"], "GB/s"
     if row.get("median_s") is not None:
         return row["median_s"], "s"
     if row.get("ns_per_item") is not None:
@@ -118,11 +122,15 @@ def bar_color(row):
     return "#ff7f0e"
 
 
+AXIS_LABELS = {"s": "median time (s, log)", "ns/item": "ns per item (log)",
+               "GB/s": "throughput, GB/s of stream (log; longer is faster)"}
+
+
 def draw_group(ax, suite, n, rows):
     """One subplot: a horizontal bar per row of this (suite, n), log time axis."""
     values = [row_value(r) for r in rows]
     units = {u for _, u in values if u}
-    unit = "s" if units == {"s"} or not units else "ns/item"
+    unit = units.pop() if len(units) == 1 else "s"
     ys = list(range(len(rows)))[::-1]  # first row at the top
     plotted = [v for v, u in values if v is not None and u == unit and v > 0]
     lo = min(plotted) if plotted else 1e-6
@@ -141,7 +149,7 @@ def draw_group(ax, suite, n, rows):
         if row.get("ratio") is not None:
             ratio = row["ratio"]
             label += f"  x{ratio:.3g}" if ratio < 1000 else f"  x{ratio:.0f}"
-        if row.get("peak_bytes") is not None:
+        if row.get("peak_bytes"):
             label += f"  mem {fmt_bytes(row['peak_bytes'])}"
             if row.get("peak_n") not in (None, row.get("n")):
                 label += f" (at N={fmt_n(row['peak_n'])})"
@@ -151,8 +159,8 @@ def draw_group(ax, suite, n, rows):
     ax.set_xscale("log")
     # room on the right for the labels; a little on the left for short bars
     ax.set_xlim(lo / 3, hi * 10 ** max(1.6, 0.35 * math.log10(max(hi / lo, 10))))
-    ax.set_xlabel("median time (s, log)" if unit == "s" else "ns per item (log)")
-    ax.set_title(f"{suite}, N = {fmt_n(n)}", fontsize=10)
+    ax.set_xlabel(AXIS_LABELS[unit])
+    ax.set_title(suite if n is None else f"{suite}, N = {fmt_n(n)}", fontsize=10)
     ax.grid(axis="x", which="major", alpha=0.3)
 
 
@@ -197,7 +205,8 @@ def make_chart(rows, sweeps, machines, out):
         draw_group(ax, key[0], key[1], groups[key])
     if panels > len(keys):
         draw_sweep(axes[-1, 0], sweeps)
-    title = "(sum, max) over one iterator: time per approach (bars: median, whiskers: min-max)"
+    title = ("several consumers over one stream: time or throughput per approach "
+             "(bars: median, or best for byte streams; whiskers: min-max)")
     if machines:
         m = machines[0]
         title += f"\n{m.get('cpu_model', '?')} x{m.get('cpu_count', '?')}"

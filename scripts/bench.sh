@@ -58,5 +58,5 @@ $PY bench/py_bytes_bench.py --pythonpath python ${quick:+--mib 16 --repeat 1} ${
   --json "$out/py_bytes.json" | tee "$out/py_bytes.md"
 
 $PY bench/py_chart.py --out "$out/chart.png" "$out/py.json" "$out/c.json" "$out/c_ucontext.json" \
-  "$out/py_async.json"
+  "$out/py_async.json" "$out/bytes.json" "$out/py_bytes.json"
 echo "results in $out/ (c.json, c_ucontext.json, switch.json, py.json, *.md, chart.png)"
