@@ -21,7 +21,7 @@ import pytest
 
 import lockstep
 from lockstep import _lockstep
-from conftest import PYPY
+from conftest import no_refcounts
 from test_leaks import ITEM, RESULT, assert_flat
 
 # The core's fault kinds (src/internal.h, LOCKSTEP__FAULT_*).
@@ -140,10 +140,9 @@ def test_fault_points_leak_nothing(fn, engine, kind):
 # Here the freelist is emptied on purpose by holding 16 MemoryError() (which
 # take their instances from it), so every failing run below would get the
 # static instance if the binding raised it.
+@no_refcounts
 @pytest.mark.parametrize("fn,engine,kind", CASES[:2], ids=IDS[:2])
 def test_arun_failures_leak_nothing_with_memoryerror_freelist_empty(fn, engine, kind):
-    if PYPY:
-        pytest.skip("PyPy has no reference counts or tracemalloc to check")
     held = [MemoryError() for _ in range(16)]
     n = points(fn, engine, kind)
     seen = []
