@@ -784,7 +784,7 @@ static int buffer_grow(ARunObject *self)
                     ? lockstep__realloc(s->win, 2 * s->cap * s->item_size)
                     : NULL;
     if (win == NULL) {
-        PyErr_NoMemory();
+        pyls_raise_nomemory();
         Py_XSETREF(self->lib_exc, pyls_fetch_exception());
         lockstep__record_failure(s, s->read, LOCKSTEP__RANK_LIBRARY, LOCKSTEP_ENOMEM);
         return -1;

@@ -205,6 +205,10 @@ PyObject *pyls_fetch_exception(void);
 /* Raises exc (stolen) as the pending exception, with its own traceback. */
 void pyls_raise_exception(PyObject *exc);
 
+/* Raises a MemoryError of its own (not CPython 3.12+'s static one) for an
+ * allocation of the core that failed; returns NULL. */
+PyObject *pyls_raise_nomemory(void);
+
 /* Raises the Python exception that stands for library code rc; returns NULL. */
 PyObject *pyls_raise_code(int rc);
 

@@ -56,12 +56,28 @@ void pyls_raise_exception(PyObject *exc)
     PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(exc)), exc, tb);
 }
 
+/* Raises a MemoryError of its own for an allocation of the core that
+ * failed; returns NULL.  Not PyErr_NoMemory(): from CPython 3.12 on, when
+ * its freelist of 16 MemoryErrors is empty, that raises one static,
+ * immortal MemoryError which is never freed and whose traceback grows by
+ * the frames of every raise, keeping them and what they hold (an arun's
+ * Task and ARun) forever.  A failed arun's MemoryError lives in a cycle
+ * with its Task until the collector runs, so 16 such failures empty the
+ * freelist (python/tests/test_faults.py).  PyErr_SetNone makes the
+ * instance through MemoryError(), which takes the freelist's first; if
+ * even that allocation fails, the MemoryError it raises is what we raise. */
+PyObject *pyls_raise_nomemory(void)
+{
+    PyErr_SetNone(PyExc_MemoryError);
+    return NULL;
+}
+
 /* Raises the Python exception that stands for library code rc; returns NULL. */
 PyObject *pyls_raise_code(int rc)
 {
     switch (rc) {
     case LOCKSTEP_ENOMEM:
-        return PyErr_NoMemory();
+        return pyls_raise_nomemory();
     case LOCKSTEP_EINVAL:
         PyErr_Format(PyExc_ValueError, "lockstep: %s", lockstep_strerror(rc));
         return NULL;
