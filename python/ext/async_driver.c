@@ -238,24 +238,6 @@ static PySendResult send_into(PyObject *aw, PyObject *value, PyObject *exc, PyOb
     return PYGEN_ERROR;
 }
 
-/* Calls f(arg) inside context ctx (entered, then left): a new reference,
- * or NULL with an exception (also when f left another context entered). */
-static PyObject *call_in_context(PyObject *ctx, PyObject *f, PyObject *arg)
-{
-#ifdef PYPY_VERSION
-    /* PyPy's C-API layer has no PyContext_Enter/Exit: Context.run does both
-     * (as run.c does there). */
-    return PyObject_CallMethod(ctx, "run", "OO", f, arg);
-#else
-    if (PyContext_Enter(ctx) < 0)
-        return NULL;
-    PyObject *r = PyObject_CallOneArg(f, arg);
-    if (PyContext_Exit(ctx) < 0)
-        Py_CLEAR(r);
-    return r;
-#endif
-}
-
 /* send_into (value, or exc thrown in) run inside context ctx. */
 static PySendResult send_in_context(PyObject *ctx, PyObject *aw, PyObject *value, PyObject *exc,
                                     PyObject **out)
@@ -281,7 +263,7 @@ static PySendResult send_in_context(PyObject *ctx, PyObject *aw, PyObject *value
                      Py_TYPE(aw)->tp_name);
         return PYGEN_ERROR;
     }
-    PyObject *r = call_in_context(ctx, meth, arg);
+    PyObject *r = pyls_call_in_context(ctx, meth, arg);
     Py_DECREF(meth);
     if (r != NULL) {
         *out = r;
@@ -605,7 +587,7 @@ static int consumer_start(ARunObject *self, lockstep_iter *it, aslot *sl)
 #endif
     lockstep_iter *saved = tls_sync;
     tls_sync = it;
-    PyObject *r = call_in_context(sl->context, sl->consumer, (PyObject *)sl->iter);
+    PyObject *r = pyls_call_in_context(sl->context, sl->consumer, (PyObject *)sl->iter);
     tls_sync = saved;
     if (check_not_asyncgen(r) < 0)
         Py_CLEAR(r);

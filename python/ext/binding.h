@@ -208,6 +208,14 @@ void pyls_raise_exception(PyObject *exc);
 /* Raises the Python exception that stands for library code rc; returns NULL. */
 PyObject *pyls_raise_code(int rc);
 
+/* Calls callable(arg) inside contextvars context ctx, entered for the call
+ * and left after it: a new reference, or NULL with an exception set (also
+ * when ctx cannot be entered, or callable left another context entered).
+ * Each consumer of run() and arun() runs so, in its own copy of the
+ * caller's context.  On PyPy, whose C-API layer has no PyContext_Enter,
+ * this is ctx.run(callable, arg). */
+PyObject *pyls_call_in_context(PyObject *ctx, PyObject *callable, PyObject *arg);
+
 /* Fills rs for n consumers of objects, or of bytes when bytes is set
  * (run_read): checks they are callable, parses window and engine (None:
  * that engine's default for the kind of item).  On failure (-1, exception

@@ -89,8 +89,8 @@ static inline PySendResult lockstep__py_iter_send(PyObject *iter, PyObject *arg,
 #endif
 
 /* PyContext_CopyCurrent: PyPy's C-API layer has no contextvars C API, so
- * the copy comes from the contextvars module (run.c enters it with
- * Context.run there).  A new reference, or NULL with an exception set. */
+ * the copy comes from the contextvars module (pyls_call_in_context, in
+ * run.c, enters it with Context.run there).  A new reference, or NULL with an exception set. */
 #ifdef PYPY_VERSION
 static inline PyObject *lockstep__context_copy_current(void)
 {
