@@ -29,7 +29,8 @@
  *   binding.h           this header: module state, IterObject, slot,
  *                       runstate, the pyls_ declarations, and the static
  *                       inline helpers on the per-item path
- *   iterator.c          lockstep.Iterator and the thread's current consumer
+ *   iterator.c          lockstep.Iterator, the thread's current consumer and
+ *                       the misuse error all iterators raise
  *   greenlet_engine.c   the greenlet engine's ops and run()'s greenlet loop
  *   run.c               the run state (consumers, engine and window
  *                       arguments, open/pull/close), exceptions, run()
@@ -168,6 +169,22 @@ extern PyType_Spec pyls_iter_spec;
 
 /* Makes the iterator for consumer it of rs; a new reference or NULL. */
 IterObject *pyls_iter_make(runstate *rs, lockstep_iter *it);
+
+/* Raises the RuntimeError for a consumer's iterator used where it may not
+ * be: after its consumer returned (it is NULL), else outside its own
+ * consumer, from one of others ("another consumer, thread or greenlet").
+ * noun names the object in the message ("iterator", "reader").  Returns
+ * NULL.  Cold: only misuse calls it (run()'s and run_read's iterators
+ * through pyls_iter_misuse, arun's AsyncIterator directly). */
+__attribute__((cold)) PyObject *pyls_misuse(const lockstep_iter *it, const char *noun,
+                                            const char *others);
+
+/* pyls_misuse for self, an iterator of run(), Stream or run_read (a
+ * lockstep.Iterator: noun "iterator"; a ByteIterator: "reader"). */
+static inline PyObject *pyls_iter_misuse(IterObject *self, const char *noun)
+{
+    return pyls_misuse(self->it, noun, "another consumer, thread or greenlet");
+}
 
 /* ---- greenlet_engine.c ---- */
 

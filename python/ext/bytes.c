@@ -24,28 +24,18 @@
 
 #include <string.h>
 
-/* Raises the RuntimeError for a ByteIterator used where it may not be. */
-static __attribute__((noinline, cold)) PyObject *bytes_misuse(IterObject *self)
-{
-    PyErr_SetString(PyExc_RuntimeError,
-                    self->it == NULL ? "lockstep reader used after its consumer returned"
-                                     : "lockstep reader used outside its own consumer "
-                                       "(from another consumer, thread or greenlet)");
-    return NULL;
-}
-
 /* Returns self's lockstep_iter when self may be used on this thread (and
  * greenlet) now, else NULL with RuntimeError set. */
 static lockstep_iter *bytes_owned(IterObject *self)
 {
     lockstep_iter *it = self->it;
     if (NEVER(it == NULL || it != pyls_tls_current)) {
-        bytes_misuse(self);
+        pyls_iter_misuse(self, "reader");
         return NULL;
     }
 #if LOCKSTEP_HAVE_GREENLET
     if (self->engine == ENG_GREENLET && pyls_greenlet_current() != self->greenlet) {
-        bytes_misuse(self);
+        pyls_iter_misuse(self, "reader");
         return NULL;
     }
 #endif
