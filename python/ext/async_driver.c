@@ -77,29 +77,6 @@ static int lookup_attr(PyObject *ob, PyObject *name, PyObject **out)
 #endif
 }
 
-/* Takes a pending StopIteration's value (a new reference) into *out and
- * returns 0; returns -1, leaving any other exception set. */
-static int fetch_stop_value(PyObject **out)
-{
-    if (!PyErr_ExceptionMatches(PyExc_StopIteration))
-        return -1;
-    PyObject *exc = pyls_fetch_exception();
-#ifdef PYPY_VERSION
-    /* PyPy's C-API layer is not relied on to fill PyStopIterationObject's
-     * value field: the attribute is. */
-    PyObject *v = PyObject_GetAttrString(exc, "value");
-    Py_DECREF(exc);
-    if (v == NULL)
-        return -1;
-    *out = v;
-#else
-    PyObject *v = ((PyStopIterationObject *)exc)->value;
-    *out = Py_NewRef(v != NULL ? v : Py_None);
-    Py_DECREF(exc);
-#endif
-    return 0;
-}
-
 /* Monotonic time in nanoseconds. */
 static uint64_t now_ns(void)
 {
@@ -233,7 +210,7 @@ static PySendResult send_into(PyObject *aw, PyObject *value, PyObject *exc, PyOb
         *out = r;
         return PYGEN_NEXT;
     }
-    if (fetch_stop_value(out) == 0)
+    if (pyls_fetch_stop_value(out) == 0)
         return PYGEN_RETURN;
     return PYGEN_ERROR;
 }
@@ -269,7 +246,7 @@ static PySendResult send_in_context(PyObject *ctx, PyObject *aw, PyObject *value
         *out = r;
         return PYGEN_NEXT;
     }
-    return fetch_stop_value(out) == 0 ? PYGEN_RETURN : PYGEN_ERROR;
+    return pyls_fetch_stop_value(out) == 0 ? PYGEN_RETURN : PYGEN_ERROR;
 #else
     if (PyContext_Enter(ctx) < 0)
         return PYGEN_ERROR;
