@@ -31,7 +31,7 @@ static __attribute__((noinline, cold)) void aiter_misuse(AIterObject *self, int 
                         "lockstep.arun: an async consumer must read its iterator with "
                         "'async for' (or 'await it.__anext__()'), not with for/next()");
     else
-        pyls_misuse(self->it, "iterator", "another consumer, task, thread or greenlet");
+        pyls_misuse("iterator", self->it, "another consumer, task, thread or greenlet");
 }
 
 /* The item at it's cursor, which the caller checked is in range (a new

@@ -175,15 +175,17 @@ IterObject *pyls_iter_make(runstate *rs, lockstep_iter *it);
  * consumer, from one of others ("another consumer, thread or greenlet").
  * noun names the object in the message ("iterator", "reader").  Returns
  * NULL.  Cold: only misuse calls it (run()'s and run_read's iterators
- * through pyls_iter_misuse, arun's AsyncIterator directly). */
-__attribute__((cold)) PyObject *pyls_misuse(const lockstep_iter *it, const char *noun,
+ * through pyls_iter_misuse, arun's AsyncIterator directly).  it comes
+ * second so that Iterator.__next__ keeps it in the register that its slow
+ * path (iter_next_slow) takes it in too: no move on the per-window path. */
+__attribute__((cold)) PyObject *pyls_misuse(const char *noun, const lockstep_iter *it,
                                             const char *others);
 
 /* pyls_misuse for self, an iterator of run(), Stream or run_read (a
  * lockstep.Iterator: noun "iterator"; a ByteIterator: "reader"). */
 static inline PyObject *pyls_iter_misuse(IterObject *self, const char *noun)
 {
-    return pyls_misuse(self->it, noun, "another consumer, thread or greenlet");
+    return pyls_misuse(noun, self->it, "another consumer, thread or greenlet");
 }
 
 /* ---- greenlet_engine.c ---- */

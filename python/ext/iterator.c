@@ -14,7 +14,7 @@
 _Thread_local lockstep_iter *pyls_tls_current __attribute__((tls_model("initial-exec")));
 
 /* See binding.h. */
-__attribute__((noinline, cold)) PyObject *pyls_misuse(const lockstep_iter *it, const char *noun,
+__attribute__((noinline, cold)) PyObject *pyls_misuse(const char *noun, const lockstep_iter *it,
                                                       const char *others)
 {
     if (it == NULL)
