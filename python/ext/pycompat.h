@@ -63,12 +63,16 @@ static inline int pyls_fetch_stop_value(PyObject **out)
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
     PyErr_NormalizeException(&type, &value, &tb);
-    if (value == NULL || !PyObject_TypeCheck(value, (PyTypeObject *)PyExc_StopIteration)) {
+    if (value != NULL && !PyObject_TypeCheck(value, (PyTypeObject *)PyExc_StopIteration)) {
         PyErr_Restore(type, value, tb); /* normalizing failed: its own exception */
         return -1;
     }
     Py_XDECREF(type);
     Py_XDECREF(tb);
+    if (value == NULL) { /* not normalized to an instance: no value */
+        *out = Py_NewRef(Py_None);
+        return 0;
+    }
 #ifdef PYPY_VERSION
     /* PyPy's C-API layer is not relied on to fill PyStopIterationObject's
      * value field: the attribute is. */
@@ -115,7 +119,8 @@ static inline PySendResult lockstep__py_iter_send(PyObject *iter, PyObject *arg,
 
 /* PyContext_CopyCurrent: PyPy's C-API layer has no contextvars C API, so
  * the copy comes from the contextvars module (pyls_call_in_context, in
- * run.c, enters it with Context.run there).  A new reference, or NULL with an exception set. */
+ * run.c, enters it with Context.run there).  A new reference, or NULL
+ * with an exception set. */
 #ifdef PYPY_VERSION
 static inline PyObject *lockstep__context_copy_current(void)
 {
