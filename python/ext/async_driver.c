@@ -77,29 +77,6 @@ static int lookup_attr(PyObject *ob, PyObject *name, PyObject **out)
 #endif
 }
 
-/* Takes a pending StopIteration's value (a new reference) into *out and
- * returns 0; returns -1, leaving any other exception set. */
-static int fetch_stop_value(PyObject **out)
-{
-    if (!PyErr_ExceptionMatches(PyExc_StopIteration))
-        return -1;
-    PyObject *exc = pyls_fetch_exception();
-#ifdef PYPY_VERSION
-    /* PyPy's C-API layer is not relied on to fill PyStopIterationObject's
-     * value field: the attribute is. */
-    PyObject *v = PyObject_GetAttrString(exc, "value");
-    Py_DECREF(exc);
-    if (v == NULL)
-        return -1;
-    *out = v;
-#else
-    PyObject *v = ((PyStopIterationObject *)exc)->value;
-    *out = Py_NewRef(v != NULL ? v : Py_None);
-    Py_DECREF(exc);
-#endif
-    return 0;
-}
-
 /* Monotonic time in nanoseconds. */
 static uint64_t now_ns(void)
 {
@@ -233,27 +210,9 @@ static PySendResult send_into(PyObject *aw, PyObject *value, PyObject *exc, PyOb
         *out = r;
         return PYGEN_NEXT;
     }
-    if (fetch_stop_value(out) == 0)
+    if (pyls_fetch_stop_value(out) == 0)
         return PYGEN_RETURN;
     return PYGEN_ERROR;
-}
-
-/* Calls f(arg) inside context ctx (entered, then left): a new reference,
- * or NULL with an exception (also when f left another context entered). */
-static PyObject *call_in_context(PyObject *ctx, PyObject *f, PyObject *arg)
-{
-#ifdef PYPY_VERSION
-    /* PyPy's C-API layer has no PyContext_Enter/Exit: Context.run does both
-     * (as run.c does there). */
-    return PyObject_CallMethod(ctx, "run", "OO", f, arg);
-#else
-    if (PyContext_Enter(ctx) < 0)
-        return NULL;
-    PyObject *r = PyObject_CallOneArg(f, arg);
-    if (PyContext_Exit(ctx) < 0)
-        Py_CLEAR(r);
-    return r;
-#endif
 }
 
 /* send_into (value, or exc thrown in) run inside context ctx. */
@@ -281,13 +240,13 @@ static PySendResult send_in_context(PyObject *ctx, PyObject *aw, PyObject *value
                      Py_TYPE(aw)->tp_name);
         return PYGEN_ERROR;
     }
-    PyObject *r = call_in_context(ctx, meth, arg);
+    PyObject *r = pyls_call_in_context(ctx, meth, arg);
     Py_DECREF(meth);
     if (r != NULL) {
         *out = r;
         return PYGEN_NEXT;
     }
-    return fetch_stop_value(out) == 0 ? PYGEN_RETURN : PYGEN_ERROR;
+    return pyls_fetch_stop_value(out) == 0 ? PYGEN_RETURN : PYGEN_ERROR;
 #else
     if (PyContext_Enter(ctx) < 0)
         return PYGEN_ERROR;
@@ -605,7 +564,7 @@ static int consumer_start(ARunObject *self, lockstep_iter *it, aslot *sl)
 #endif
     lockstep_iter *saved = tls_sync;
     tls_sync = it;
-    PyObject *r = call_in_context(sl->context, sl->consumer, (PyObject *)sl->iter);
+    PyObject *r = pyls_call_in_context(sl->context, sl->consumer, (PyObject *)sl->iter);
     tls_sync = saved;
     if (check_not_asyncgen(r) < 0)
         Py_CLEAR(r);

@@ -23,20 +23,15 @@ _Thread_local lockstep_iter *pyls_tls_async __attribute__((tls_model("initial-ex
 /* Raises the RuntimeError for an iterator used where it may not be. */
 static __attribute__((noinline, cold)) void aiter_misuse(AIterObject *self, int async)
 {
-    if (self->it == NULL)
-        PyErr_SetString(PyExc_RuntimeError,
-                        "lockstep iterator used after its consumer returned");
-    else if (async && self->it == tls_sync)
+    if (self->it != NULL && async && self->it == tls_sync)
         PyErr_SetString(PyExc_RuntimeError,
                         "lockstep iterator: a synchronous consumer cannot await it");
-    else if (!async && self->it == tls_async)
+    else if (self->it != NULL && !async && self->it == tls_async)
         PyErr_SetString(PyExc_RuntimeError,
                         "lockstep.arun: an async consumer must read its iterator with "
                         "'async for' (or 'await it.__anext__()'), not with for/next()");
     else
-        PyErr_SetString(PyExc_RuntimeError,
-                        "lockstep iterator used outside its own consumer (from another "
-                        "consumer, task, thread or greenlet)");
+        pyls_misuse("iterator", self->it, "another consumer, task, thread or greenlet");
 }
 
 /* The item at it's cursor, which the caller checked is in range (a new

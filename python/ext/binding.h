@@ -29,7 +29,8 @@
  *   binding.h           this header: module state, IterObject, slot,
  *                       runstate, the pyls_ declarations, and the static
  *                       inline helpers on the per-item path
- *   iterator.c          lockstep.Iterator and the thread's current consumer
+ *   iterator.c          lockstep.Iterator, the thread's current consumer and
+ *                       the misuse error all iterators raise
  *   greenlet_engine.c   the greenlet engine's ops and run()'s greenlet loop
  *   run.c               the run state (consumers, engine and window
  *                       arguments, open/pull/close), exceptions, run()
@@ -169,6 +170,24 @@ extern PyType_Spec pyls_iter_spec;
 /* Makes the iterator for consumer it of rs; a new reference or NULL. */
 IterObject *pyls_iter_make(runstate *rs, lockstep_iter *it);
 
+/* Raises the RuntimeError for a consumer's iterator used where it may not
+ * be: after its consumer returned (it is NULL), else outside its own
+ * consumer, from one of others ("another consumer, thread or greenlet").
+ * noun names the object in the message ("iterator", "reader").  Returns
+ * NULL.  Cold: only misuse calls it (run()'s and run_read's iterators
+ * through pyls_iter_misuse, arun's AsyncIterator directly).  it comes
+ * second so that Iterator.__next__ keeps it in the register that its slow
+ * path (iter_next_slow) takes it in too: no move on the per-window path. */
+__attribute__((cold)) PyObject *pyls_misuse(const char *noun, const lockstep_iter *it,
+                                            const char *others);
+
+/* pyls_misuse for self, an iterator of run(), Stream or run_read (a
+ * lockstep.Iterator: noun "iterator"; a ByteIterator: "reader"). */
+static inline PyObject *pyls_iter_misuse(IterObject *self, const char *noun)
+{
+    return pyls_misuse(noun, self->it, "another consumer, thread or greenlet");
+}
+
 /* ---- greenlet_engine.c ---- */
 
 /* Loads greenlet's C API once; returns 0, or -1 with ImportError set (also
@@ -211,6 +230,14 @@ PyObject *pyls_raise_nomemory(void);
 
 /* Raises the Python exception that stands for library code rc; returns NULL. */
 PyObject *pyls_raise_code(int rc);
+
+/* Calls callable(arg) inside contextvars context ctx, entered for the call
+ * and left after it: a new reference, or NULL with an exception set (also
+ * when ctx cannot be entered, or callable left another context entered).
+ * Each consumer of run() and arun() runs so, in its own copy of the
+ * caller's context.  On PyPy, whose C-API layer has no PyContext_Enter,
+ * this is ctx.run(callable, arg). */
+PyObject *pyls_call_in_context(PyObject *ctx, PyObject *callable, PyObject *arg);
 
 /* Fills rs for n consumers of objects, or of bytes when bytes is set
  * (run_read): checks they are callable, parses window and engine (None:

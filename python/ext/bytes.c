@@ -24,31 +24,42 @@
 
 #include <string.h>
 
-/* Raises the RuntimeError for a ByteIterator used where it may not be. */
-static __attribute__((noinline, cold)) PyObject *bytes_misuse(IterObject *self)
+/* Returns 1 when self may be used on this thread (and greenlet) now: its
+ * consumer is running and it is that consumer's; else 0. */
+static int bytes_is_owner(IterObject *self)
 {
-    PyErr_SetString(PyExc_RuntimeError,
-                    self->it == NULL ? "lockstep reader used after its consumer returned"
-                                     : "lockstep reader used outside its own consumer "
-                                       "(from another consumer, thread or greenlet)");
-    return NULL;
+    lockstep_iter *it = self->it;
+    if (it == NULL || it != pyls_tls_current)
+        return 0;
+#if LOCKSTEP_HAVE_GREENLET
+    if (self->engine == ENG_GREENLET && pyls_greenlet_current() != self->greenlet)
+        return 0;
+#endif
+    return 1;
 }
 
 /* Returns self's lockstep_iter when self may be used on this thread (and
  * greenlet) now, else NULL with RuntimeError set. */
 static lockstep_iter *bytes_owned(IterObject *self)
 {
-    lockstep_iter *it = self->it;
-    if (NEVER(it == NULL || it != pyls_tls_current)) {
-        bytes_misuse(self);
+    if (NEVER(!bytes_is_owner(self))) {
+        pyls_iter_misuse(self, "reader");
         return NULL;
     }
-#if LOCKSTEP_HAVE_GREENLET
-    if (self->engine == ENG_GREENLET && pyls_greenlet_current() != self->greenlet) {
-        bytes_misuse(self);
+    return self->it;
+}
+
+/* The start of take(n) and readline1(limit): self's lockstep_iter when self
+ * may be used now (bytes_owned) and arg is an int, whose value goes into
+ * *n; else NULL with an exception set. */
+static lockstep_iter *bytes_owned_with_size(IterObject *self, PyObject *arg, Py_ssize_t *n)
+{
+    lockstep_iter *it = bytes_owned(self);
+    if (it == NULL)
         return NULL;
-    }
-#endif
+    *n = PyNumber_AsSsize_t(arg, PyExc_OverflowError);
+    if (*n == -1 && PyErr_Occurred())
+        return NULL;
     return it;
 }
 
@@ -72,15 +83,31 @@ static const unsigned char *bytes_take(IterObject *self, lockstep_iter *it, size
     return p;
 }
 
+/* Makes sure self has bytes in hand, unconsumed: when it has none, takes a
+ * window's worth (all the core hands it at once) and moves the cursor
+ * back, which the core's contract allows since the span stays valid until
+ * our next call and it lies in the window segment this consumer holds.
+ * Returns 1 with bytes in hand (it->head.cur to it->head.end), 0 at the
+ * end or on cancellation, -1 with an exception set. */
+static int bytes_fill_hand(IterObject *self, lockstep_iter *it)
+{
+    if (it->head.cur < it->head.end)
+        return 1;
+    size_t count;
+    const unsigned char *p = bytes_take(self, it, SIZE_MAX, &count);
+    if (p == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    it->head.cur = p; /* a take of SIZE_MAX left it at it->head.end: p + count */
+    return 1;
+}
+
 /* take(n): up to n bytes (at least one, b"" at the end), consumed, as a
  * new bytes object.  n < 0 means whatever the window holds for us. */
 static PyObject *bytes_take_method(IterObject *self, PyObject *arg)
 {
-    lockstep_iter *it = bytes_owned(self);
+    Py_ssize_t n;
+    lockstep_iter *it = bytes_owned_with_size(self, arg, &n);
     if (it == NULL)
-        return NULL;
-    Py_ssize_t n = PyNumber_AsSsize_t(arg, PyExc_OverflowError);
-    if (n == -1 && PyErr_Occurred())
         return NULL;
     if (n == 0)
         return PyBytes_FromStringAndSize(NULL, 0);
@@ -113,25 +140,19 @@ static PyObject *bytes_readinto1(IterObject *self, PyObject *arg)
     return PyLong_FromSize_t(count);
 }
 
-/* peek(): the bytes in hand (taking a window's worth if none are), not
- * consumed: after a take the cursor is moved back, which the core's
- * contract allows since the span stays valid until our next call and it
- * lies in the window segment this consumer holds. */
+/* peek(): the bytes in hand (taking a window's worth if none are: see
+ * bytes_fill_hand), not consumed; b"" at the end. */
 static PyObject *bytes_peek(IterObject *self, PyObject *unused)
 {
     (void)unused;
     lockstep_iter *it = bytes_owned(self);
     if (it == NULL)
         return NULL;
-    if (it->head.cur < it->head.end)
-        return PyBytes_FromStringAndSize((const char *)it->head.cur,
-                                         (Py_ssize_t)(it->head.end - it->head.cur));
-    size_t count;
-    const unsigned char *p = bytes_take(self, it, SIZE_MAX, &count);
-    if (p == NULL)
-        return PyErr_Occurred() ? NULL : PyBytes_FromStringAndSize(NULL, 0);
-    it->head.cur = p;
-    return PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)count);
+    int in_hand = bytes_fill_hand(self, it);
+    if (in_hand <= 0)
+        return in_hand < 0 ? NULL : PyBytes_FromStringAndSize(NULL, 0);
+    return PyBytes_FromStringAndSize((const char *)it->head.cur,
+                                     (Py_ssize_t)(it->head.end - it->head.cur));
 }
 
 /* readline1(limit): up to and including the first b"\n" among the bytes in
@@ -140,21 +161,15 @@ static PyObject *bytes_peek(IterObject *self, PyObject *unused)
  * hand it returns all it has: the caller asks again for the rest. */
 static PyObject *bytes_readline1(IterObject *self, PyObject *arg)
 {
-    lockstep_iter *it = bytes_owned(self);
+    Py_ssize_t limit;
+    lockstep_iter *it = bytes_owned_with_size(self, arg, &limit);
     if (it == NULL)
-        return NULL;
-    Py_ssize_t limit = PyNumber_AsSsize_t(arg, PyExc_OverflowError);
-    if (limit == -1 && PyErr_Occurred())
         return NULL;
     if (limit == 0)
         return PyBytes_FromStringAndSize(NULL, 0);
-    if (it->head.cur >= it->head.end) { /* take all in hand, then put it back */
-        size_t count;
-        const unsigned char *p = bytes_take(self, it, SIZE_MAX, &count);
-        if (p == NULL)
-            return PyErr_Occurred() ? NULL : PyBytes_FromStringAndSize(NULL, 0);
-        it->head.cur = p;
-    }
+    int in_hand = bytes_fill_hand(self, it);
+    if (in_hand <= 0)
+        return in_hand < 0 ? NULL : PyBytes_FromStringAndSize(NULL, 0);
     const unsigned char *p = it->head.cur;
     size_t n = (size_t)(it->head.end - p);
     if (limit > 0 && (size_t)limit < n)
@@ -182,14 +197,9 @@ static PyObject *bytes_get_position(IterObject *self, void *closure)
 static PyObject *bytes_detach(IterObject *self, PyObject *unused)
 {
     (void)unused;
-    lockstep_iter *it = self->it;
-    if (it == NULL || it != pyls_tls_current)
+    if (!bytes_is_owner(self))
         Py_RETURN_FALSE;
-#if LOCKSTEP_HAVE_GREENLET
-    if (self->engine == ENG_GREENLET && pyls_greenlet_current() != self->greenlet)
-        Py_RETURN_FALSE;
-#endif
-    if (lockstep__detach(it) < 0)
+    if (lockstep__detach(self->it) < 0)
         return pyls_raise_code(LOCKSTEP_EPERM);
     Py_RETURN_TRUE;
 }

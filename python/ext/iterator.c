@@ -5,22 +5,23 @@
  * the ownership check; when the window is used up it waits for the
  * producer in the engine's way (the greenlet engine switches, the thread
  * engine releases the GIL).  Iterators hold no Python references and are
- * made by the run state (run.c) or the greenlet engine.
+ * made by the run state (run.c) or the greenlet engine.  pyls_misuse, the
+ * RuntimeError for an iterator used where it may not be, serves every
+ * iterator of the binding (Iterator, ByteIterator, AsyncIterator).
  */
 #include "binding.h"
 
 _Thread_local lockstep_iter *pyls_tls_current __attribute__((tls_model("initial-exec")));
 
-/* Raises the RuntimeError for an iterator used where it may not be; NULL. */
-static __attribute__((noinline, cold)) PyObject *iter_misuse(IterObject *self)
+/* See binding.h. */
+__attribute__((noinline, cold)) PyObject *pyls_misuse(const char *noun, const lockstep_iter *it,
+                                                      const char *others)
 {
-    if (self->it == NULL)
-        PyErr_SetString(PyExc_RuntimeError,
-                        "lockstep iterator used after its consumer returned");
+    if (it == NULL)
+        PyErr_Format(PyExc_RuntimeError, "lockstep %s used after its consumer returned", noun);
     else
-        PyErr_SetString(PyExc_RuntimeError,
-                        "lockstep iterator used outside its own consumer "
-                        "(from another consumer, thread or greenlet)");
+        PyErr_Format(PyExc_RuntimeError, "lockstep %s used outside its own consumer (from %s)",
+                     noun, others);
     return NULL;
 }
 
@@ -35,7 +36,7 @@ static __attribute__((noinline)) PyObject *iter_next_slow(IterObject *self, lock
 #if LOCKSTEP_HAVE_GREENLET
     case ENG_GREENLET:
         if (pyls_greenlet_current() != self->greenlet)
-            return iter_misuse(self);
+            return pyls_iter_misuse(self, "iterator");
         p = lockstep_next(it); /* may switch to another consumer's or the producer's greenlet */
         break;
 #endif
@@ -62,7 +63,7 @@ static PyObject *iter_next(IterObject *self)
 {
     lockstep_iter *it = self->it;
     if (NEVER(it == NULL || it != pyls_tls_current))
-        return iter_misuse(self);
+        return pyls_iter_misuse(self, "iterator");
     if (ALWAYS(it->head.cur < it->head.end)) {
         PyObject *item = *(PyObject *const *)it->head.cur;
         it->head.cur += sizeof(PyObject *);
@@ -83,7 +84,7 @@ static PyObject *iter_get_position(IterObject *self, void *closure)
 {
     (void)closure;
     if (self->it == NULL || self->it != pyls_tls_current)
-        return iter_misuse(self);
+        return pyls_iter_misuse(self, "iterator");
     return PyLong_FromUnsignedLongLong(lockstep_position(self->it));
 }
 

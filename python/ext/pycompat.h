@@ -2,8 +2,10 @@
  * pycompat.h: the few CPython 3.10 C-API names the binding uses, defined for
  * the older C APIs lockstep also builds against: CPython 3.9 and PyPy's
  * cpyext (PyPy 7.3, Python 3.9 level).  Each definition behaves exactly as
- * the 3.10 one does; on 3.10 and later this header defines nothing.
- * binding.h includes it.
+ * the 3.10 one does; on 3.10 and later this header defines nothing of
+ * them.  It also holds pyls_fetch_stop_value, defined on every version:
+ * its PyIter_Send needs it, as async_driver.c does, and binding.h
+ * includes this header before anything else.
  */
 #ifndef LOCKSTEP_PYCOMPAT_H
 #define LOCKSTEP_PYCOMPAT_H
@@ -47,6 +49,42 @@ static inline int lockstep__py_add_object_ref(PyObject *m, const char *name, PyO
 #  define PyModule_AddObjectRef lockstep__py_add_object_ref
 #endif
 
+/* Takes a pending StopIteration's value (a new reference; None when it
+ * carries none) into *out and returns 0.  With any other exception
+ * pending, or when the value cannot be had, returns -1 with *out NULL and
+ * an exception set.  It unpacks the result of an awaitable or generator
+ * that returned: pre-3.10 PyIter_Send below, and async_driver.c's throw()
+ * and PyPy paths. */
+static inline int pyls_fetch_stop_value(PyObject **out)
+{
+    *out = NULL;
+    if (!PyErr_ExceptionMatches(PyExc_StopIteration))
+        return -1;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (value != NULL && !PyObject_TypeCheck(value, (PyTypeObject *)PyExc_StopIteration)) {
+        PyErr_Restore(type, value, tb); /* normalizing failed: its own exception */
+        return -1;
+    }
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    if (value == NULL) { /* not normalized to an instance: no value */
+        *out = Py_NewRef(Py_None);
+        return 0;
+    }
+#ifdef PYPY_VERSION
+    /* PyPy's C-API layer is not relied on to fill PyStopIterationObject's
+     * value field: the attribute is. */
+    *out = PyObject_GetAttrString(value, "value");
+#else
+    PyObject *v = ((PyStopIterationObject *)value)->value;
+    *out = Py_NewRef(v != NULL ? v : Py_None);
+#endif
+    Py_DECREF(value);
+    return *out != NULL ? 0 : -1;
+}
+
 /* PySendResult and PyIter_Send (3.10): sends arg into iter (None: next()),
  * returning PYGEN_NEXT with the yielded value, PYGEN_RETURN with the
  * return value (StopIteration's), or PYGEN_ERROR with *presult NULL and an
@@ -74,23 +112,15 @@ static inline PySendResult lockstep__py_iter_send(PyObject *iter, PyObject *arg,
         *presult = Py_NewRef(Py_None);
         return PYGEN_RETURN;
     }
-    if (!PyErr_ExceptionMatches(PyExc_StopIteration))
-        return PYGEN_ERROR;
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    PyErr_NormalizeException(&type, &value, &tb);
-    *presult = value != NULL ? PyObject_GetAttrString(value, "value") : Py_NewRef(Py_None);
-    Py_XDECREF(type);
-    Py_XDECREF(value);
-    Py_XDECREF(tb);
-    return *presult != NULL ? PYGEN_RETURN : PYGEN_ERROR;
+    return pyls_fetch_stop_value(presult) == 0 ? PYGEN_RETURN : PYGEN_ERROR;
 }
 #  define PyIter_Send lockstep__py_iter_send
 #endif
 
 /* PyContext_CopyCurrent: PyPy's C-API layer has no contextvars C API, so
- * the copy comes from the contextvars module (run.c enters it with
- * Context.run there).  A new reference, or NULL with an exception set. */
+ * the copy comes from the contextvars module (pyls_call_in_context, in
+ * run.c, enters it with Context.run there).  A new reference, or NULL
+ * with an exception set. */
 #ifdef PYPY_VERSION
 static inline PyObject *lockstep__context_copy_current(void)
 {

@@ -2,10 +2,11 @@
  * run.c: the run state that run() and Stream share, and run() itself.  A
  * runstate holds the consumers' slots, the parsed window and engine, and
  * the core's stream; this file turns callables into C consumers
- * (consumer_entry), Python references into window items (pyls_drop_items), lets
- * go of the GIL while the thread engine's producer waits, opens the stream
- * on the chosen engine, pulls a source iterator into it and turns the
- * core's report into results or the exception earliest in the stream.  The
+ * (consumer_entry, each called in its own context by pyls_call_in_context),
+ * Python references into window items (pyls_drop_items), lets go of the
+ * GIL while the thread engine's producer waits, opens the stream on the
+ * chosen engine, pulls a source iterator into it and turns the core's
+ * report into results or the exception earliest in the stream.  The
  * per-item helpers it shares with stream.c and greenlet_engine.c
  * (pyls_rs_put, pyls_rs_source...) are static inline in binding.h.
  */
@@ -94,6 +95,22 @@ PyObject *pyls_raise_code(int rc)
  * Consumers and items.
  * ------------------------------------------------------------------------ */
 
+/* See binding.h. */
+PyObject *pyls_call_in_context(PyObject *ctx, PyObject *callable, PyObject *arg)
+{
+#ifdef PYPY_VERSION
+    /* PyPy's C-API layer has no PyContext_Enter/Exit: Context.run does both. */
+    return PyObject_CallMethod(ctx, "run", "OO", callable, arg);
+#else
+    if (PyContext_Enter(ctx) < 0)
+        return NULL;
+    PyObject *result = PyObject_CallOneArg(callable, arg);
+    if (PyContext_Exit(ctx) < 0)
+        Py_CLEAR(result); /* it left another context entered: RuntimeError */
+    return result;
+#endif
+}
+
 /* The C consumer function behind every Python consumer: calls it with its
  * iterator, keeps the result (returns 0) or the exception (returns
  * PYLOCKSTEP_EPYTHON).  On a consumer thread it takes the GIL itself. */
@@ -112,23 +129,9 @@ static int consumer_entry(lockstep_iter *it, void *arg)
     }
     /* Its own copy of the caller's context (see pyls_rs_open): entered here
      * on every engine, so its ContextVar.set() calls stay in the copy. */
-#ifdef PYPY_VERSION
-    /* PyPy's C-API layer has no PyContext_Enter/Exit: Context.run does both. */
     pyls_tls_current = it;
-    PyObject *result = PyObject_CallMethod(sl->context, "run", "OO", sl->consumer,
-                                           (PyObject *)sl->iter);
+    PyObject *result = pyls_call_in_context(sl->context, sl->consumer, (PyObject *)sl->iter);
     pyls_tls_current = saved;
-#else
-    if (PyContext_Enter(sl->context) < 0) {
-        sl->exc = pyls_fetch_exception();
-        goto done;
-    }
-    pyls_tls_current = it;
-    PyObject *result = PyObject_CallOneArg(sl->consumer, (PyObject *)sl->iter);
-    pyls_tls_current = saved;
-    if (PyContext_Exit(sl->context) < 0)
-        Py_CLEAR(result); /* it left another context entered: RuntimeError */
-#endif
     sl->iter->it = NULL;
     if (result == NULL) {
         sl->exc = pyls_fetch_exception();

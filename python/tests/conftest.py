@@ -7,6 +7,8 @@
   prove the thread fallback: engine=None must then pick 'thread'.
 - ENGINES lists the engines usable here; the `engine` fixture runs a test
   once per engine.
+- HAVE_GREENLET: whether `import greenlet` works here; SYNC_OK: whether
+  lockstep.arun can run a synchronous consumer (on a greenlet) here.
 - A watchdog turns a hung test into a crash with every thread's traceback
   (faulthandler) instead of a silent hang.
 - Boom and fail_at: the exception and the failing consumer the tests share.
@@ -35,6 +37,16 @@ elif glob.glob(os.path.join(PYDIR, "lockstep", "_lockstep*.so")):
     sys.path.insert(0, PYDIR)
 
 import lockstep  # noqa: E402
+
+# Whether `import greenlet` works here (not under LOCKSTEP_NO_GREENLET=1).
+try:
+    import greenlet  # noqa: F401
+    HAVE_GREENLET = True
+except ImportError:
+    HAVE_GREENLET = False
+# Whether arun can run a synchronous consumer here: it needs greenlet's C
+# API, which PyPy's own greenlet module lacks (HAVE_GREENLET_ENGINE is 0 there).
+SYNC_OK = HAVE_GREENLET and bool(lockstep.HAVE_GREENLET_ENGINE)
 
 ENGINES = [e for e in ("greenlet", "thread", "buffer") if e in lockstep.engines()]
 # Engines that keep the pull bound (buffer reads everything first).

@@ -26,21 +26,12 @@ import pytest
 
 import lockstep
 
-from conftest import Boom, fail_at as sfail_at, lockstep_path
-
-try:
-    import greenlet  # noqa: F401
-    HAVE_GREENLET = True
-except ImportError:
-    HAVE_GREENLET = False
+from conftest import SYNC_OK, Boom, fail_at as sfail_at, lockstep_path
 
 IN_CI = os.environ.get("CI") == "true"
 LOOPS = ["asyncio", "uvloop", "trio"]
 WINDOWS = [1, 2, 7, None]
 ENGINES = [None, "buffer"]
-# Whether a synchronous consumer can run here: it needs greenlet's C API,
-# which PyPy's own greenlet module lacks (HAVE_GREENLET_ENGINE is 0 there).
-SYNC_OK = HAVE_GREENLET and bool(lockstep.HAVE_GREENLET_ENGINE)
 
 
 # Packages that do not exist for this implementation: skipped even in CI.

@@ -11,14 +11,8 @@ import pytest
 
 import lockstep
 
-from conftest import Boom
+from conftest import HAVE_GREENLET, Boom
 from test_leaks import ITEM, RESULT, RUNS, assert_flat
-
-try:
-    import greenlet  # noqa: F401
-    HAVE_GREENLET = True
-except ImportError:
-    HAVE_GREENLET = False
 
 
 async def agen(n, fail=None, sleepy=False):

@@ -21,17 +21,11 @@ import pytest
 
 import lockstep
 from lockstep import _lockstep
-from conftest import no_refcounts
+from conftest import SYNC_OK, no_refcounts
 from test_leaks import ITEM, RESULT, assert_flat
 
 # The core's fault kinds (src/internal.h, LOCKSTEP__FAULT_*).
 ALLOC, THREAD = 0, 2
-
-try:
-    import greenlet  # noqa: F401
-    HAVE_GREENLET = True
-except ImportError:
-    HAVE_GREENLET = False
 
 
 async def acount(it):
@@ -63,8 +57,7 @@ def arun_once(engine):
     """One arun over 50 items with an async and (where a greenlet can run
     it: not on PyPy, whose greenlet has no C API) a synchronous consumer;
     returns its results."""
-    sync_ok = HAVE_GREENLET and lockstep.HAVE_GREENLET_ENGINE
-    consumers = (acount, count) if sync_ok else (acount, acount)
+    consumers = (acount, count) if SYNC_OK else (acount, acount)
     return LOOP.run_until_complete(lockstep.arun([ITEM] * 50, *consumers, window=4,
                                                  engine=engine))
 

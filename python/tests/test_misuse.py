@@ -171,6 +171,38 @@ def test_outer_iterator_from_nested_consumer_raises(engine):
     assert isinstance(box["error"], RuntimeError)
 
 
+def test_misuse_messages_name_the_object_and_the_misuse(engine):
+    """The exact texts, built by one helper for run()'s Iterator and
+    run_bytes's reader: used after its consumer returned, and used from a
+    nested run's consumer while its own still runs."""
+    def used_from_nested(run, source, own, use):
+        def inner(_):
+            try:
+                use(own)
+            except RuntimeError as e:
+                return str(e)
+        return run(source, inner, engine=engine)[0]
+
+    outside = "used outside its own consumer (from another consumer, thread or greenlet)"
+    (it, msg) = lockstep.run(
+        iter(range(3)),
+        lambda it: (it, used_from_nested(lockstep.run, iter(range(2)), it, next)),
+        engine=engine)[0]
+    assert msg == "lockstep iterator " + outside
+    with pytest.raises(RuntimeError) as e:
+        next(it)
+    assert str(e.value) == "lockstep iterator used after its consumer returned"
+
+    (f, msg) = lockstep.run_bytes(
+        [b"abc"],
+        lambda f: (f, used_from_nested(lockstep.run_bytes, [b"xy"], f, lambda f: f.read(1))),
+        engine=engine)[0]
+    assert msg == "lockstep reader " + outside
+    with pytest.raises(RuntimeError) as e:
+        f.read(1)
+    assert str(e.value) == "lockstep reader used after its consumer returned"
+
+
 def test_misuse_that_escapes_fails_the_run(engine):
     box = {}
 
