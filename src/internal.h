@@ -569,12 +569,22 @@ LOCKSTEP__HOT void lockstep__round_end(lockstep_stream *s)
     lockstep__window_consumed(s);
 }
 
-/* The first half of lockstep__round_again: in pull mode, and unless the
- * stream is ending, ends the round; returns 1 when the window should then be
- * refilled (some consumer wants more and the source has not stopped). */
+/* True when a round of s may end in a refill from a consumer's context
+ * (lockstep__round_again): in pull mode, until the stream is ending.  An
+ * engine that must prepare for the source running there (the fiber
+ * engine's floating-point modes) asks this first. */
+LOCKSTEP__HOT int lockstep__may_refill(const lockstep_stream *s)
+{
+    return s->source != NULL && !s->ended;
+}
+
+/* The first half of lockstep__round_again: if a refill may happen
+ * (lockstep__may_refill), ends the round; returns 1 when the window should
+ * then be refilled (some consumer wants more and the source has not
+ * stopped). */
 LOCKSTEP__HOT int lockstep__round_end_to_refill(lockstep_stream *s)
 {
-    if (s->source == NULL || s->ended)
+    if (!lockstep__may_refill(s))
         return 0;
     lockstep__round_end(s);
     return lockstep__wanted(s) && !s->source_done;
@@ -612,14 +622,27 @@ LOCKSTEP__HOT lockstep_iter *lockstep__round_again_read_with(lockstep_stream *s,
     return lockstep__round_begin(s);
 }
 
-/* The same from s->source.  A window of one item is filled inline (one
- * call either way, and the fiber engine's round then costs 2 ns less);
- * longer ones out of line, where the loop keeps its own registers. */
-LOCKSTEP__HOT lockstep_iter *lockstep__round_again(lockstep_stream *s)
+/* Fills the emptied window from s->source (or s->read_fn) for the next
+ * round; returns 1 when it holds items to hand over.  A window of one item
+ * is filled inline (one call either way, and the fiber engine's round then
+ * costs 2 ns less); longer ones out of line, where the loop keeps its own
+ * registers. */
+LOCKSTEP__HOT int lockstep__refill(lockstep_stream *s)
 {
     if (s->cap == 1)
-        return lockstep__round_again_with(s, s->source, s->source_arg);
-    if (!lockstep__round_end_to_refill(s) || !lockstep__fill_window(s))
+        return lockstep__fill_one_with(s, s->source, s->source_arg);
+    return lockstep__fill_window(s);
+}
+
+/* lockstep__round_again_with from s->source, the window refilled by
+ * refill(s): lockstep__refill, or an engine's wrapper around it that does
+ * what the source needs to run in a consumer's context (the fiber engine
+ * loads the source's floating-point modes).  refill is called only when
+ * the source is about to be called.  Inlined, so that it is a direct call. */
+LOCKSTEP__HOT lockstep_iter *lockstep__round_again(lockstep_stream *s,
+                                                 int (*refill)(lockstep_stream *))
+{
+    if (!lockstep__round_end_to_refill(s) || !refill(s))
         return NULL;
     return lockstep__round_begin(s);
 }

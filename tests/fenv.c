@@ -36,16 +36,17 @@ static int mode_is(int mode)
 typedef struct {
     int64_t next, limit;
     int expect;        /* the mode every call must see */
-    int set_at_first;  /* if not -1: set this mode on the first call, then expect it */
+    int set_mode;      /* if not -1: set this mode on the call for item set_at, then expect it */
+    int64_t set_at;
     long wrong;        /* calls that saw another mode */
 } checking_source;
 
 static int checking_pull(void *arg, void *item)
 {
     checking_source *src = arg;
-    if (src->next == 0 && src->set_at_first != -1) {
-        fesetround(src->set_at_first);
-        src->expect = src->set_at_first;
+    if (src->next == src->set_at && src->set_mode != -1) {
+        fesetround(src->set_mode);
+        src->expect = src->set_mode;
     }
     if (!mode_is(src->expect))
         src->wrong++;
@@ -100,7 +101,7 @@ static lockstep_options opts(size_t window)
 static void test_consumer_changes_stay_own(int caller_mode, size_t window)
 {
     fesetround(caller_mode);
-    checking_source src = {0, N_ITEMS, caller_mode, -1, 0};
+    checking_source src = {0, N_ITEMS, caller_mode, -1, 0, 0};
     checking_consumer cs[3] = {
         {caller_mode, 0, FE_UPWARD, 0, 0},          /* changes at once */
         {caller_mode, -1, 0, 0, 0},                 /* never changes */
@@ -118,14 +119,16 @@ static void test_consumer_changes_stay_own(int caller_mode, size_t window)
     fesetround(FE_TONEAREST);
 }
 
-/* The source changes its own mode on its first call: it keeps it on every
- * later call from whatever stack, the consumers (started at open) do not
- * see it, and the caller has it after the run, as if it had called the
- * source itself. */
-static void test_source_change_is_callers(size_t window)
+/* The source changes its own mode on the call for item set_at: it keeps
+ * it on every later call from whatever stack, the consumers (started at
+ * open) do not see it, and the caller has it after the run, as if it had
+ * called the source itself.  At item 0 the producer makes the call; at
+ * item N_ITEMS / 2 a consumer's context does on the fiber engine (the
+ * window is refilled by the consumer that ends a round). */
+static void test_source_change_is_callers(size_t window, int64_t set_at)
 {
     fesetround(FE_TONEAREST);
-    checking_source src = {0, N_ITEMS, FE_TONEAREST, FE_DOWNWARD, 0};
+    checking_source src = {0, N_ITEMS, FE_TONEAREST, FE_DOWNWARD, set_at, 0};
     checking_consumer cs[2] = {{FE_TONEAREST, -1, 0, 0, 0}, {FE_TONEAREST, 3, FE_UPWARD, 0, 0}};
     lockstep_consumer list[2] = {{checking_fn, &cs[0]}, {checking_fn, &cs[1]}};
     lockstep_options o = opts(window);
@@ -180,7 +183,8 @@ int main(int argc, char **argv)
     for (size_t w = 0; w < sizeof windows / sizeof windows[0]; w++) {
         test_consumer_changes_stay_own(FE_TONEAREST, windows[w]);
         test_consumer_changes_stay_own(FE_DOWNWARD, windows[w]);
-        test_source_change_is_callers(windows[w]);
+        test_source_change_is_callers(windows[w], 0);
+        test_source_change_is_callers(windows[w], N_ITEMS / 2);
         test_push(windows[w]);
     }
     char label[64];
