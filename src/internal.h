@@ -56,9 +56,10 @@ struct lockstep_iter {
     unsigned cancelled : 1;          /* lockstep_next returned NULL because of a failure */
     unsigned finished : 1;           /* lockstep_next returned NULL at the end of the stream */
     unsigned started : 1;            /* the engine has made its context */
-    unsigned detached : 1;           /* lockstep__detach: left the live set, may still run */
-    unsigned detached_at_end : 1;    /* it had seen the end when it detached */
-    uint64_t detach_pos;             /* its position when it detached */
+    /* lockstep__detach: it left the live set and may still run.  It stays
+     * parked where it detached, and finished says whether it had seen the
+     * end there: every slow path returns NULL for it at once. */
+    unsigned detached : 1;
     int code;                        /* what the consumer returned */
     void *engine_data;               /* the engine's per-consumer context */
 };
@@ -208,10 +209,10 @@ void lockstep__record_failure(lockstep_stream *s, uint64_t pos, size_t rank, int
 void lockstep__consumer_finished(lockstep_iter *it, int rc);
 
 /* Makes it's consumer leave the live set as if it had returned at its
- * current position: parks it there, remembers that position (a failure it
- * returns later is ranked there) and counts it out of s->live.  Not
- * thread-safe (threaded engines call it under their lock); it must be
- * neither done nor detached. */
+ * current position: parks it there for good (a failure it returns later is
+ * ranked there) and counts it out of s->live.  Not thread-safe (threaded
+ * engines call it under their lock); it must be neither done nor
+ * detached. */
 void lockstep__detach_mark(lockstep_iter *it);
 
 /* Detaches the calling consumer, it (see lockstep__detach_mark): the

@@ -1426,6 +1426,25 @@ static void test_detach(void)
         CHECK_EQ(rep.position, n);
         CHECK_EQ(d.count, n);
         CHECK(d.after_ok);
+        /* Both fail at n; the one that detached after seeing the end loses
+         * to the one that stopped at n without asking for more, whatever
+         * their indices, as when both return there.  (Where the other
+         * fails first, on the fiber engine, it cancels the detacher.) */
+        other_done = 0;
+        d = (detacher){0, -5, 1, NULL, NULL, 0, 0};
+        f = (flagged_reader){{7, n, 0, 0}, &other_done, -6};
+        b = (byte_source){0, n, 0, 0};
+        CHECK_EQ(lockstep_run_read(byte_read, &b, 1, cs, 2, &o), -6);
+        CHECK_EQ(rep.failed, 1);
+        CHECK_EQ(rep.position, n);
+        other_done = 0;
+        d = (detacher){n, -5, 0, NULL, NULL, 0, 0};
+        f = (flagged_reader){{7, UINT64_MAX, 0, 0}, &other_done, -6};
+        b = (byte_source){0, n, 0, 0};
+        CHECK_EQ(lockstep_run_read(byte_read, &b, 1, swapped, 2, &o), -5);
+        CHECK_EQ(rep.failed, 1);
+        CHECK_EQ(rep.position, n);
+        CHECK(d.after_ok);
 
         if (is_buffer)
             continue;
