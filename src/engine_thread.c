@@ -609,8 +609,11 @@ static const void *thread_next_slow(lockstep_iter *it)
     }
     thread_consumer *tc = (thread_consumer *)(void *)it;
     thread_engine *e = tc->e;
+    /* Parked at its detach position, as after the end.  Checked here and
+     * not in the core's lockstep__next_slow: only the owner's thread, known
+     * above, may read it's flags (the owner writes them). */
     if (it->detached)
-        return NULL; /* parked at its detach position, as after the end */
+        return NULL;
     uint64_t pos = lockstep__iter_pos(it);
     for (int spins = 0;;) {
         /* Snapshot in this order.  The predecessor's gate before

@@ -492,10 +492,14 @@ static inline int lockstep__iter_is_current(lockstep_iter *it)
 }
 
 /* A cooperative engine's next_slow, built on lockstep__next_step: returns
- * the next item, or NULL at the end, on cancellation or misuse.  While the
- * consumer must wait for the window to advance, pass_on(it) hands control
- * on in the engine's way and returns 0 once it runs again, or nonzero to
- * give up (NULL).  Inlined, so that pass_on is a direct call. */
+ * the next item, or NULL at the end, on cancellation or misuse, and at
+ * once for a detached iterator, which stays parked where it detached.
+ * While the consumer must wait for the window to advance, pass_on(it)
+ * hands control on in the engine's way and returns 0 once it runs again,
+ * or nonzero to give up (NULL).  The fiber, greenlet and buffer engines
+ * use it; the thread engine has its own, which must not look at a
+ * detached flag before it knows the caller owns the iterator.  Inlined,
+ * so that pass_on is a direct call. */
 LOCKSTEP__HOT const void *lockstep__next_slow_with(lockstep_iter *it,
                                                    int (*pass_on)(lockstep_iter *))
 {
