@@ -87,11 +87,6 @@ static int checking_fn(lockstep_iter *it, void *arg)
     return 0;
 }
 
-static lockstep_options opts(size_t window)
-{
-    return engine_opts(engine, window, NULL);
-}
-
 /* ------------------------------------------------------------------------
  * The tests.
  * ------------------------------------------------------------------------ */
@@ -108,7 +103,7 @@ static void test_consumer_changes_stay_own(int caller_mode, size_t window)
         {caller_mode, 5, FE_TOWARDZERO, 0, 0},      /* changes midway */
     };
     lockstep_consumer list[3] = {{checking_fn, &cs[0]}, {checking_fn, &cs[1]}, {checking_fn, &cs[2]}};
-    lockstep_options o = opts(window);
+    lockstep_options o = engine_opts(engine, window, NULL);
     CHECK_EQ(lockstep_run(checking_pull, &src, sizeof(int64_t), list, 3, &o), 0);
     CHECK_EQ(src.wrong, 0);
     for (int i = 0; i < 3; i++) {
@@ -131,7 +126,7 @@ static void test_source_change_is_callers(size_t window, int64_t set_at)
     checking_source src = {0, N_ITEMS, FE_TONEAREST, FE_DOWNWARD, set_at, 0};
     checking_consumer cs[2] = {{FE_TONEAREST, -1, 0, 0, 0}, {FE_TONEAREST, 3, FE_UPWARD, 0, 0}};
     lockstep_consumer list[2] = {{checking_fn, &cs[0]}, {checking_fn, &cs[1]}};
-    lockstep_options o = opts(window);
+    lockstep_options o = engine_opts(engine, window, NULL);
     CHECK_EQ(lockstep_run(checking_pull, &src, sizeof(int64_t), list, 2, &o), 0);
     CHECK_EQ(src.wrong, 0);
     CHECK_EQ(cs[0].wrong, 0);
@@ -148,7 +143,7 @@ static void test_push(size_t window)
     fesetround(FE_UPWARD);
     checking_consumer cs[2] = {{FE_UPWARD, -1, 0, 0, 0}, {FE_UPWARD, 2, FE_DOWNWARD, 0, 0}};
     lockstep_consumer list[2] = {{checking_fn, &cs[0]}, {checking_fn, &cs[1]}};
-    lockstep_options o = opts(window);
+    lockstep_options o = engine_opts(engine, window, NULL);
     lockstep_stream *s;
     CHECK_EQ(lockstep_open(&s, sizeof(int64_t), list, 2, &o), 0);
     if (s == NULL)
@@ -171,13 +166,9 @@ static void test_push(size_t window)
 
 int main(int argc, char **argv)
 {
-    if (!engine_arg(argc, argv, &engine))
-        return 2;
-    const char *name = lockstep_engine_name(engine);
-    if (!lockstep_engine_available(engine)) {
-        printf("engine %s is not available in this build\n", name);
-        return 0;
-    }
+    int status;
+    if (!engine_test_begin(argc, argv, &engine, &status))
+        return status;
     CHECK(mode_is(FE_TONEAREST));
     const size_t windows[] = {1, 2, 0}; /* 0: the engine's default */
     for (size_t w = 0; w < sizeof windows / sizeof windows[0]; w++) {
@@ -188,6 +179,6 @@ int main(int argc, char **argv)
         test_push(windows[w]);
     }
     char label[64];
-    snprintf(label, sizeof label, "fenv[%s]", name);
+    snprintf(label, sizeof label, "fenv[%s]", lockstep_engine_name(engine));
     return CHECK_SUMMARY(label);
 }
