@@ -575,15 +575,16 @@ static void raise_gate(thread_consumer *tc, uint64_t g)
     }
 }
 
-/* After lockstep__record_failure (under the lock): mirrors the winning
- * position for lock-free readers.  Returns 1 when it moved. */
+/* After lockstep__record_failure (under the lock): mirrors the position
+ * from which the winning failure cancels (lockstep__cancel_pos) for
+ * lock-free readers.  Returns 1 when it moved. */
 static int mirror_failure(thread_engine *e)
 {
     lockstep_stream *s = e->s;
     if (!atomic_load_explicit(&s->failed, memory_order_relaxed) ||
-        atomic_load(&e->cancel_pos) == s->fail_pos)
+        atomic_load(&e->cancel_pos) == lockstep__cancel_pos(s))
         return 0;
-    atomic_store(&e->cancel_pos, s->fail_pos);
+    atomic_store(&e->cancel_pos, lockstep__cancel_pos(s));
     return 1;
 }
 

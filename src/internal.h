@@ -432,6 +432,17 @@ LOCKSTEP__HOT void lockstep__iter_aim(lockstep_iter *it, uint64_t pos)
     it->end_pos = stop;
 }
 
+/* The first position at which the realized failure cancels a consumer that
+ * asks for it: the failure's own, except for a failure after the end (rank
+ * LOCKSTEP__RANK_AFTER_END and up), which cancels only past the end: every
+ * consumer that asks for the end position learns of the end, as in strict
+ * lockstep, so that its own failure after the end ranks by its index, not
+ * by which consumer ran first in the last round. */
+static inline uint64_t lockstep__cancel_pos(const lockstep_stream *s)
+{
+    return s->fail_pos + (s->fail_rank >= LOCKSTEP__RANK_AFTER_END);
+}
+
 /* The decision lockstep_next makes when its range is used up. */
 LOCKSTEP__HOT const void *lockstep__next_step(lockstep_iter *it, int *must_wait)
 {
@@ -452,7 +463,7 @@ LOCKSTEP__HOT const void *lockstep__next_step(lockstep_iter *it, int *must_wait)
         return NULL;
     }
     for (;;) {
-        if (s->failed && pos >= s->fail_pos) {
+        if (s->failed && pos >= lockstep__cancel_pos(s)) {
             it->cancelled = 1;
             lockstep__iter_park(it, pos);
             return NULL;

@@ -466,6 +466,19 @@ static void test_failure_after_end_ties(void)
         CHECK_EQ(rep.failed, 0);
         CHECK_EQ(rep.position, 2);
 
+        /* Two consumers fail after the end: the lower index wins, whichever
+         * of them the last round runs first (the other learns of the end
+         * too, instead of being cancelled by the first failure). */
+        int other_code = 6;
+        lockstep_consumer both[2] = {{fail_after_end, &other_code},
+                                     {fail_after_end, &after_end_code}};
+        for (int64_t n = 0; n < 5; n++) {
+            src = counter(n);
+            CHECK_EQ(lockstep_run(counter_pull, &src, 8, both, 2, &o), 6);
+            CHECK_EQ(rep.failed, 0);
+            CHECK_EQ(rep.position, n);
+        }
+
         /* The source failing at 2 comes before an after-the-end failure
          * there: the consumer asked for item 2 and was cancelled. */
         src = counter(10);
