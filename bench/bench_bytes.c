@@ -164,11 +164,6 @@ static long fd_read(void *arg, void *items, size_t max)
 
 /* ---- Runs ------------------------------------------------------------- */
 
-static lockstep_options opts(lockstep_engine e, size_t window, lockstep_report *rep)
-{
-    return engine_opts(e, window, rep);
-}
-
 /* n_consumers take_touch consumers over `bytes` from the block; returns
  * seconds.  Checks every consumer saw every byte. */
 static double run_take(lockstep_engine e, size_t window, size_t item, uint64_t bytes,
@@ -180,7 +175,7 @@ static double run_take(lockstep_engine e, size_t window, size_t item, uint64_t b
         cs[i] = (lockstep_consumer){take_touch, &seen[i]};
     block_source b = {block, BLOCK_LEN / item, bytes / item, item};
     lockstep_report rep;
-    lockstep_options o = opts(e, window, &rep);
+    lockstep_options o = engine_opts(e, window, &rep);
     double t0 = now();
     int rc = lockstep_run_read(block_read, &b, item, cs, n_consumers, &o);
     double t = now() - t0;
@@ -355,7 +350,7 @@ static double digest_pair(void *arg)
     digest_arg d[2] = {{EVP_sha256(), {0}, 0}, {EVP_sha1(), {0}, 0}};
     lockstep_consumer cs[2] = {{digest_consumer, &d[0]}, {digest_consumer, &d[1]}};
     block_source b = {block, BLOCK_LEN, j->bytes, 1};
-    lockstep_options o = opts(j->e, j->window, NULL);
+    lockstep_options o = engine_opts(j->e, j->window, NULL);
     double t0 = now(), c0 = thread_cpu();
     if (lockstep_run_read(block_read, &b, 1, cs, 2, &o) != 0)
         exit(1);
@@ -447,7 +442,7 @@ static double pipe_run(void *arg)
         lockstep_consumer cs[4];
         for (int i = 0; i < 4; i++)
             cs[i] = (lockstep_consumer){take_touch, &seen[i]};
-        lockstep_options o = opts(LOCKSTEP_ENGINE_FIBER, j->window, NULL);
+        lockstep_options o = engine_opts(LOCKSTEP_ENGINE_FIBER, j->window, NULL);
         if (lockstep_run_read(fd_read, &fd, 1, cs, 4, &o) != 0 || seen[3] != j->bytes)
             exit(1);
     } else {
@@ -524,7 +519,7 @@ static double run_items(lockstep_engine e, size_t window, size_t size, uint64_t 
     uint64_t seen[2];
     lockstep_consumer cs[2] = {{next_touch, &seen[0]}, {next_touch, &seen[1]}};
     item_source s = {items, size};
-    lockstep_options o = opts(e, window, NULL);
+    lockstep_options o = engine_opts(e, window, NULL);
     double t0 = now();
     if (lockstep_run(item_pull, &s, size, cs, 2, &o) != 0 || seen[1] != items)
         exit(1);

@@ -164,11 +164,12 @@ void lockstep__consumer_finished(lockstep_iter *it, int rc)
     if (!it->detached)
         lockstep__detach_mark(it);
     /* Ranked where it left the live set: as if it had returned there, so
-     * the outcome does not depend on how long it ran after detaching. */
+     * the outcome does not depend on how long it ran after detaching.  A
+     * detached iterator stays parked at that position, with finished as it
+     * was then (see lockstep_iter). */
     if (rc != 0 && !it->cancelled)
-        lockstep__record_failure(s, it->detach_pos,
-                                 it->detached_at_end ? LOCKSTEP__RANK_AFTER_END + it->index
-                                                     : it->index,
+        lockstep__record_failure(s, lockstep__iter_pos(it),
+                                 it->finished ? LOCKSTEP__RANK_AFTER_END + it->index : it->index,
                                  rc);
 }
 
@@ -176,10 +177,8 @@ void lockstep__consumer_finished(lockstep_iter *it, int rc)
 void lockstep__detach_mark(lockstep_iter *it)
 {
     lockstep_stream *s = it->stream;
-    it->detach_pos = lockstep__iter_pos(it);
-    it->detached_at_end = it->finished;
     it->detached = 1;
-    lockstep__iter_park(it, it->detach_pos);
+    lockstep__iter_park(it, lockstep__iter_pos(it));
     s->live--;
 }
 

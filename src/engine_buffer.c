@@ -72,17 +72,19 @@ static void buffer_destroy(lockstep_stream *s)
     s->win = NULL;
 }
 
-/* Everything is already in the array, so a consumer never waits. */
+/* Everything is already in the array, so a consumer never waits: if the
+ * core says it must, that is a bug, reported as LOCKSTEP_ESTATE.  Returns
+ * 1, so that lockstep_next gives up (NULL). */
+static int buffer_never_waits(lockstep_iter *it)
+{
+    it->stream->misuse = LOCKSTEP_ESTATE;
+    return 1;
+}
+
+/* The core's cooperative slow path, which never passes control on. */
 static const void *buffer_next_slow(lockstep_iter *it)
 {
-    lockstep_stream *s = it->stream;
-    int must_wait;
-    if (!lockstep__iter_is_current(it) || it->detached)
-        return NULL;
-    const void *item = lockstep__next_step(it, &must_wait);
-    if (NEVER(must_wait))
-        s->misuse = LOCKSTEP_ESTATE;
-    return item;
+    return lockstep__next_slow_with(it, buffer_never_waits);
 }
 
 const lockstep__engine_ops lockstep__engine_buffer = {

@@ -16,7 +16,9 @@
  * fiber calls it, so source_mode holds them while a consumer runs: a refill
  * from a consumer loads them if that consumer's differ, records any change
  * the source makes to its own, and puts the consumer's back.  The producer
- * takes source_mode over when a round hands control back.
+ * takes source_mode over when a round hands control back.  Without a
+ * source that consumers may call (push mode, the last round) nothing here
+ * reads the modes: the switch keeps every context's own.
  */
 #include "fiber.h"
 #include "internal.h"
@@ -28,16 +30,18 @@ typedef struct {
     lockstep__fpmode source_mode; /* the source's (the caller's) modes while a consumer runs */
 } fiber_engine;
 
-/* lockstep__round_again, with the source's floating-point modes in force
- * around it: it may call the source from the running consumer's fiber. */
-static inline __attribute__((always_inline)) lockstep_iter *round_again_as_caller(lockstep_stream *s)
+/* lockstep__refill with the source's floating-point modes in force around
+ * it: it calls the source from the running consumer's fiber.  Only a
+ * refill reads the modes, so a round that ends without one (push mode, the
+ * last round) costs nothing here. */
+static inline __attribute__((always_inline)) int refill_as_caller(lockstep_stream *s)
 {
     fiber_engine *e = s->engine;
     lockstep__fpmode own;
     lockstep__fpmode_enter(&e->source_mode, &own);
-    lockstep_iter *next = lockstep__round_again(s);
+    int full = lockstep__refill(s);
     lockstep__fpmode_leave(&e->source_mode, &own);
-    return next;
+    return full;
 }
 
 /* The context to run after the current consumer: the next live one, or in
@@ -48,7 +52,7 @@ static inline __attribute__((always_inline)) lockstep__fiber *following(lockstep
     fiber_engine *e = s->engine;
     lockstep_iter *next = lockstep__round_next(s);
     if (next == NULL)
-        next = round_again_as_caller(s);
+        next = lockstep__round_again(s, refill_as_caller);
     return next ? next->engine_data : &e->scheduler;
 }
 
@@ -61,16 +65,21 @@ static void fiber_entry(void *arg)
 }
 
 /* One round: run the first live consumer; the others follow by hand-off.
- * The producer's modes are the source's: consumers read them from
- * source_mode, and the producer takes back what the source did to them. */
+ * The producer's modes are the source's: when consumers may call the
+ * source (lockstep__may_refill), they read them from source_mode, and the
+ * producer takes back what the source did to them.  Otherwise (push mode,
+ * the last round) the switch alone keeps the producer's modes. */
 static int fiber_dispatch(lockstep_stream *s)
 {
     fiber_engine *e = s->engine;
     lockstep_iter *first = lockstep__round_begin(s);
     if (first != NULL) {
-        lockstep__fpmode_get(&e->source_mode);
+        int may_refill = lockstep__may_refill(s);
+        if (may_refill)
+            lockstep__fpmode_get(&e->source_mode);
         lockstep__fiber_switch(&e->scheduler, first->engine_data);
-        lockstep__fpmode_load(&e->source_mode);
+        if (may_refill)
+            lockstep__fpmode_load(&e->source_mode);
     }
     if (s->dispatching) /* else the consumer that ended the last round did */
         lockstep__round_end(s);

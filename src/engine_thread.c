@@ -575,15 +575,16 @@ static void raise_gate(thread_consumer *tc, uint64_t g)
     }
 }
 
-/* After lockstep__record_failure (under the lock): mirrors the winning
- * position for lock-free readers.  Returns 1 when it moved. */
+/* After lockstep__record_failure (under the lock): mirrors the position
+ * from which the winning failure cancels (lockstep__cancel_pos) for
+ * lock-free readers.  Returns 1 when it moved. */
 static int mirror_failure(thread_engine *e)
 {
     lockstep_stream *s = e->s;
     if (!atomic_load_explicit(&s->failed, memory_order_relaxed) ||
-        atomic_load(&e->cancel_pos) == s->fail_pos)
+        atomic_load(&e->cancel_pos) == lockstep__cancel_pos(s))
         return 0;
-    atomic_store(&e->cancel_pos, s->fail_pos);
+    atomic_store(&e->cancel_pos, lockstep__cancel_pos(s));
     return 1;
 }
 
@@ -609,8 +610,11 @@ static const void *thread_next_slow(lockstep_iter *it)
     }
     thread_consumer *tc = (thread_consumer *)(void *)it;
     thread_engine *e = tc->e;
+    /* Parked at its detach position, as after the end.  Checked here and
+     * not in the core's lockstep__next_slow: only the owner's thread, known
+     * above, may read it's flags (the owner writes them). */
     if (it->detached)
-        return NULL; /* parked at its detach position, as after the end */
+        return NULL;
     uint64_t pos = lockstep__iter_pos(it);
     for (int spins = 0;;) {
         /* Snapshot in this order.  The predecessor's gate before

@@ -119,16 +119,6 @@ static inline void lockstep__fpmode_set(const lockstep__fpmode *m)
 
 #endif
 
-/* Makes *want the calling thread's modes, loading them only if they differ
- * from the modes in force. */
-static inline void lockstep__fpmode_load(const lockstep__fpmode *want)
-{
-    lockstep__fpmode now;
-    lockstep__fpmode_get(&now);
-    if (!lockstep__fpmode_same(&now, want))
-        lockstep__fpmode_set(want);
-}
-
 /* Begins running code that belongs to another context (the source, on a
  * consumer's fiber): saves the modes in force in *saved and loads *want if
  * they differ.  End with lockstep__fpmode_leave. */
@@ -137,6 +127,14 @@ static inline void lockstep__fpmode_enter(const lockstep__fpmode *want, lockstep
     lockstep__fpmode_get(saved);
     if (!lockstep__fpmode_same(saved, want))
         lockstep__fpmode_set(want);
+}
+
+/* Makes *want the calling thread's modes, loading them only if they differ
+ * from the modes in force: lockstep__fpmode_enter for good. */
+static inline void lockstep__fpmode_load(const lockstep__fpmode *want)
+{
+    lockstep__fpmode was;
+    lockstep__fpmode_enter(want, &was);
 }
 
 /* Ends what lockstep__fpmode_enter began: *mode receives the modes now in

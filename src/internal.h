@@ -56,9 +56,10 @@ struct lockstep_iter {
     unsigned cancelled : 1;          /* lockstep_next returned NULL because of a failure */
     unsigned finished : 1;           /* lockstep_next returned NULL at the end of the stream */
     unsigned started : 1;            /* the engine has made its context */
-    unsigned detached : 1;           /* lockstep__detach: left the live set, may still run */
-    unsigned detached_at_end : 1;    /* it had seen the end when it detached */
-    uint64_t detach_pos;             /* its position when it detached */
+    /* lockstep__detach: it left the live set and may still run.  It stays
+     * parked where it detached, and finished says whether it had seen the
+     * end there: every slow path returns NULL for it at once. */
+    unsigned detached : 1;
     int code;                        /* what the consumer returned */
     void *engine_data;               /* the engine's per-consumer context */
 };
@@ -208,10 +209,10 @@ void lockstep__record_failure(lockstep_stream *s, uint64_t pos, size_t rank, int
 void lockstep__consumer_finished(lockstep_iter *it, int rc);
 
 /* Makes it's consumer leave the live set as if it had returned at its
- * current position: parks it there, remembers that position (a failure it
- * returns later is ranked there) and counts it out of s->live.  Not
- * thread-safe (threaded engines call it under their lock); it must be
- * neither done nor detached. */
+ * current position: parks it there for good (a failure it returns later is
+ * ranked there) and counts it out of s->live.  Not thread-safe (threaded
+ * engines call it under their lock); it must be neither done nor
+ * detached. */
 void lockstep__detach_mark(lockstep_iter *it);
 
 /* Detaches the calling consumer, it (see lockstep__detach_mark): the
@@ -431,6 +432,17 @@ LOCKSTEP__HOT void lockstep__iter_aim(lockstep_iter *it, uint64_t pos)
     it->end_pos = stop;
 }
 
+/* The first position at which the realized failure cancels a consumer that
+ * asks for it: the failure's own, except for a failure after the end (rank
+ * LOCKSTEP__RANK_AFTER_END and up), which cancels only past the end: every
+ * consumer that asks for the end position learns of the end, as in strict
+ * lockstep, so that its own failure after the end ranks by its index, not
+ * by which consumer ran first in the last round. */
+static inline uint64_t lockstep__cancel_pos(const lockstep_stream *s)
+{
+    return s->fail_pos + (s->fail_rank >= LOCKSTEP__RANK_AFTER_END);
+}
+
 /* The decision lockstep_next makes when its range is used up. */
 LOCKSTEP__HOT const void *lockstep__next_step(lockstep_iter *it, int *must_wait)
 {
@@ -451,7 +463,7 @@ LOCKSTEP__HOT const void *lockstep__next_step(lockstep_iter *it, int *must_wait)
         return NULL;
     }
     for (;;) {
-        if (s->failed && pos >= s->fail_pos) {
+        if (s->failed && pos >= lockstep__cancel_pos(s)) {
             it->cancelled = 1;
             lockstep__iter_park(it, pos);
             return NULL;
@@ -491,10 +503,14 @@ static inline int lockstep__iter_is_current(lockstep_iter *it)
 }
 
 /* A cooperative engine's next_slow, built on lockstep__next_step: returns
- * the next item, or NULL at the end, on cancellation or misuse.  While the
- * consumer must wait for the window to advance, pass_on(it) hands control
- * on in the engine's way and returns 0 once it runs again, or nonzero to
- * give up (NULL).  Inlined, so that pass_on is a direct call. */
+ * the next item, or NULL at the end, on cancellation or misuse, and at
+ * once for a detached iterator, which stays parked where it detached.
+ * While the consumer must wait for the window to advance, pass_on(it)
+ * hands control on in the engine's way and returns 0 once it runs again,
+ * or nonzero to give up (NULL).  The fiber, greenlet and buffer engines
+ * use it; the thread engine has its own, which must not look at a
+ * detached flag before it knows the caller owns the iterator.  Inlined,
+ * so that pass_on is a direct call. */
 LOCKSTEP__HOT const void *lockstep__next_slow_with(lockstep_iter *it,
                                                    int (*pass_on)(lockstep_iter *))
 {
@@ -569,12 +585,22 @@ LOCKSTEP__HOT void lockstep__round_end(lockstep_stream *s)
     lockstep__window_consumed(s);
 }
 
-/* The first half of lockstep__round_again: in pull mode, and unless the
- * stream is ending, ends the round; returns 1 when the window should then be
- * refilled (some consumer wants more and the source has not stopped). */
+/* True when a round of s may end in a refill from a consumer's context
+ * (lockstep__round_again): in pull mode, until the stream is ending.  An
+ * engine that must prepare for the source running there (the fiber
+ * engine's floating-point modes) asks this first. */
+LOCKSTEP__HOT int lockstep__may_refill(const lockstep_stream *s)
+{
+    return s->source != NULL && !s->ended;
+}
+
+/* The first half of lockstep__round_again: if a refill may happen
+ * (lockstep__may_refill), ends the round; returns 1 when the window should
+ * then be refilled (some consumer wants more and the source has not
+ * stopped). */
 LOCKSTEP__HOT int lockstep__round_end_to_refill(lockstep_stream *s)
 {
-    if (s->source == NULL || s->ended)
+    if (!lockstep__may_refill(s))
         return 0;
     lockstep__round_end(s);
     return lockstep__wanted(s) && !s->source_done;
@@ -612,14 +638,27 @@ LOCKSTEP__HOT lockstep_iter *lockstep__round_again_read_with(lockstep_stream *s,
     return lockstep__round_begin(s);
 }
 
-/* The same from s->source.  A window of one item is filled inline (one
- * call either way, and the fiber engine's round then costs 2 ns less);
- * longer ones out of line, where the loop keeps its own registers. */
-LOCKSTEP__HOT lockstep_iter *lockstep__round_again(lockstep_stream *s)
+/* Fills the emptied window from s->source (or s->read_fn) for the next
+ * round; returns 1 when it holds items to hand over.  A window of one item
+ * is filled inline (one call either way, and the fiber engine's round then
+ * costs 2 ns less); longer ones out of line, where the loop keeps its own
+ * registers. */
+LOCKSTEP__HOT int lockstep__refill(lockstep_stream *s)
 {
     if (s->cap == 1)
-        return lockstep__round_again_with(s, s->source, s->source_arg);
-    if (!lockstep__round_end_to_refill(s) || !lockstep__fill_window(s))
+        return lockstep__fill_one_with(s, s->source, s->source_arg);
+    return lockstep__fill_window(s);
+}
+
+/* lockstep__round_again_with from s->source, the window refilled by
+ * refill(s): lockstep__refill, or an engine's wrapper around it that does
+ * what the source needs to run in a consumer's context (the fiber engine
+ * loads the source's floating-point modes).  refill is called only when
+ * the source is about to be called.  Inlined, so that it is a direct call. */
+LOCKSTEP__HOT lockstep_iter *lockstep__round_again(lockstep_stream *s,
+                                                 int (*refill)(lockstep_stream *))
+{
+    if (!lockstep__round_end_to_refill(s) || !refill(s))
         return NULL;
     return lockstep__round_begin(s);
 }

@@ -354,11 +354,6 @@ static blob targz, xml;
 static listing targz_listing;
 static xml_summary xml_ref;
 
-static lockstep_options opts(size_t window, lockstep_report *rep)
-{
-    return engine_opts(engine, window, rep);
-}
-
 /* libarchive, a whole-stream digest by take, a tiny-read digest and one
  * that stops early, over the tar.gz. */
 static void run_targz(size_t window)
@@ -371,7 +366,7 @@ static void run_targz(size_t window)
                                {digest_consumer, &d[1]}, {digest_consumer, &d[2]}};
     mem_source m = {&targz, 0, SIZE_MAX, 0};
     lockstep_report rep;
-    lockstep_options o = opts(window, &rep);
+    lockstep_options o = engine_opts(engine, window, &rep);
     CHECK_EQ(lockstep_run_read(mem_read, &m, 1, cs, 4, &o), 0);
     CHECK_EQ(l.entries, targz_listing.entries);
     CHECK_EQ(l.crc, targz_listing.crc);
@@ -389,7 +384,7 @@ static void run_xml(size_t window)
     lockstep_consumer cs[3] = {{digest_consumer, &d[0]}, {xml_consumer, &x},
                                {digest_consumer, &d[1]}};
     mem_source m = {&xml, 0, SIZE_MAX, 0};
-    lockstep_options o = opts(window, NULL);
+    lockstep_options o = engine_opts(engine, window, NULL);
     CHECK_EQ(lockstep_run_read(mem_read, &m, 1, cs, 3, &o), 0);
     CHECK_EQ(x.elements, xml_ref.elements);
     CHECK_EQ(x.v_sum, xml_ref.v_sum);
@@ -409,7 +404,7 @@ static void run_failures(size_t window)
                                {digest_consumer, &d[1]}};
     mem_source m = {&targz, 0, SIZE_MAX, 0};
     lockstep_report rep;
-    lockstep_options o = opts(window, &rep);
+    lockstep_options o = engine_opts(engine, window, &rep);
     CHECK_EQ(lockstep_run_read(mem_read, &m, 1, cs, 3, &o), 77);
     CHECK_EQ(rep.failed, 2);
     CHECK_EQ(rep.position, 5000);
@@ -438,7 +433,7 @@ static void run_fd(int fd, size_t window)
     listing l = {-1, 0};
     digest d = {SIZE_MAX, 0, UINT64_MAX, 0, 0, 0, {0}};
     lockstep_consumer cs[2] = {{digest_consumer, &d}, {archive_consumer, &l}};
-    lockstep_options o = opts(window, NULL);
+    lockstep_options o = engine_opts(engine, window, NULL);
     CHECK_EQ(lockstep_run_read(fd_read, &fd, 1, cs, 2, &o), 0);
     CHECK_EQ(l.entries, targz_listing.entries);
     CHECK_EQ(l.crc, targz_listing.crc);
@@ -513,14 +508,9 @@ static void run_stdin(size_t window)
 
 int main(int argc, char **argv)
 {
-    if (!engine_arg(argc, argv, &engine))
-        return 2;
-    const char *name = lockstep_engine_name(engine);
-    if (!lockstep_engine_available(engine)) {
-        printf("engine %s is not available in this build\n", name);
-        CHECK(1);
-        return CHECK_SUMMARY("bytes_readers");
-    }
+    int status;
+    if (!engine_test_begin(argc, argv, &engine, &status))
+        return status;
     xmlInitParser(); /* once, before consumer threads use libxml2 */
     xml = make_xml(400);
     targz = make_targz(&xml);
@@ -543,6 +533,6 @@ int main(int argc, char **argv)
     free(xml.data);
     xmlCleanupParser();
     char label[64];
-    snprintf(label, sizeof label, "bytes_readers[%s]", name);
+    snprintf(label, sizeof label, "bytes_readers[%s]", lockstep_engine_name(engine));
     return CHECK_SUMMARY(label);
 }

@@ -249,11 +249,6 @@ static void check_against_model(const script *sc, size_t count, const counter_so
  * Hand-written cases.
  * ------------------------------------------------------------------------ */
 
-static lockstep_options opts(size_t window, lockstep_report *rep)
-{
-    return engine_opts(engine, window, rep);
-}
-
 /* The original question: sum and max of 1..999 in one pass. */
 typedef struct {
     int next;
@@ -295,7 +290,7 @@ static void test_sum_and_max(void)
         int64_t sum = 0, max = 0;
         lockstep_consumer cs[] = {{sum_fn, &sum}, {max_fn, &max}};
         lockstep_report rep;
-        lockstep_options o = opts(windows[w], &rep);
+        lockstep_options o = engine_opts(engine, windows[w], &rep);
         CHECK_EQ(lockstep_run(range_pull, &r, sizeof(int64_t), cs, 2, &o), 0);
         CHECK_EQ(sum, 499500);
         CHECK_EQ(max, 999);
@@ -310,7 +305,7 @@ static void test_sum_and_max(void)
 static void test_zero_consumers_and_items(void)
 {
     counter_source src = counter(100);
-    lockstep_options o = opts(0, NULL);
+    lockstep_options o = engine_opts(engine, 0, NULL);
     CHECK_EQ(lockstep_run(counter_pull, &src, 8, NULL, 0, &o), 0);
     CHECK_EQ(src.pulls, 0);
 
@@ -344,7 +339,7 @@ static void test_early_exit_and_infinite_source(void)
                                    {sum_max_consumer, &sc[2]}};
         counter_source src = counter(is_buffer ? 1000 : UINT64_MAX);
         lockstep_report rep;
-        lockstep_options o = opts(w, &rep);
+        lockstep_options o = engine_opts(engine, w, &rep);
         CHECK_EQ(lockstep_run(counter_pull, &src, 8, cs, 3, &o), 0);
         CHECK_EQ(sc[0].count, 10);
         CHECK_EQ(sc[1].count, 3);
@@ -358,7 +353,7 @@ static void test_early_exit_and_infinite_source(void)
     }
     lockstep_consumer none[2] = {{return_at_once, NULL}, {return_at_once, NULL}};
     counter_source src = counter(UINT64_MAX);
-    lockstep_options o = opts(1, NULL);
+    lockstep_options o = engine_opts(engine, 1, NULL);
     if (!is_buffer) {
         CHECK_EQ(lockstep_run(counter_pull, &src, 8, none, 2, &o), 0);
         CHECK_EQ(src.pulls, 0);
@@ -378,7 +373,7 @@ static void test_failures(void)
                                    {sum_max_consumer, &sc[2]}};
         counter_source src = counter(1000);
         lockstep_report rep;
-        lockstep_options o = opts(w, &rep);
+        lockstep_options o = engine_opts(engine, w, &rep);
         CHECK_EQ(lockstep_run(counter_pull, &src, 8, cs, 3, &o), 42);
         CHECK_EQ(rep.failed, 1);
         CHECK_EQ(rep.position, 10);
@@ -403,7 +398,7 @@ static void test_failures(void)
         src.fail_at = 5;
         src.fail_code = -7;
         lockstep_report rep;
-        lockstep_options o = opts(4, &rep);
+        lockstep_options o = engine_opts(engine, 4, &rep);
         CHECK_EQ(lockstep_run(counter_pull, &src, 8, cs, 3, &o), 11);
         CHECK_EQ(rep.failed, 1);
     }
@@ -417,7 +412,7 @@ static void test_failures(void)
         src.fail_at = 50;
         src.fail_code = -9;
         lockstep_report rep;
-        lockstep_options o = opts(64, &rep);
+        lockstep_options o = engine_opts(engine, 64, &rep);
         CHECK_EQ(lockstep_run(counter_pull, &src, 8, cs, 2, &o), -9);
         CHECK_EQ(rep.failed, LOCKSTEP_FAILED_SOURCE);
         CHECK_EQ(rep.position, 50);
@@ -434,7 +429,7 @@ static void test_failures(void)
         counter_source src = counter(100);
         src.fail_at = 50;
         src.fail_code = -9;
-        lockstep_options o = opts(64, NULL);
+        lockstep_options o = engine_opts(engine, 64, NULL);
         CHECK_EQ(lockstep_run(counter_pull, &src, 8, cs, 1, &o), 0);
         CHECK_EQ(sc[0].count, 40);
     }
@@ -460,7 +455,7 @@ static void test_failure_after_end_ties(void)
         lockstep_consumer cs[2] = {{fail_after_end, &after_end_code}, {sum_max_consumer, &sc[0]}};
         counter_source src = counter(2);
         lockstep_report rep;
-        lockstep_options o = opts(windows[w], &rep);
+        lockstep_options o = engine_opts(engine, windows[w], &rep);
         CHECK_EQ(lockstep_run(counter_pull, &src, 8, cs, 2, &o), 7);
         CHECK_EQ(rep.failed, 1);
         CHECK_EQ(rep.position, 2);
@@ -470,6 +465,19 @@ static void test_failure_after_end_ties(void)
         CHECK_EQ(lockstep_run(counter_pull, &src, 8, cs, 1, &o), 5);
         CHECK_EQ(rep.failed, 0);
         CHECK_EQ(rep.position, 2);
+
+        /* Two consumers fail after the end: the lower index wins, whichever
+         * of them the last round runs first (the other learns of the end
+         * too, instead of being cancelled by the first failure). */
+        int other_code = 6;
+        lockstep_consumer both[2] = {{fail_after_end, &other_code},
+                                     {fail_after_end, &after_end_code}};
+        for (int64_t n = 0; n < 5; n++) {
+            src = counter(n);
+            CHECK_EQ(lockstep_run(counter_pull, &src, 8, both, 2, &o), 6);
+            CHECK_EQ(rep.failed, 0);
+            CHECK_EQ(rep.position, n);
+        }
 
         /* The source failing at 2 comes before an after-the-end failure
          * there: the consumer asked for item 2 and was cancelled. */
@@ -522,7 +530,7 @@ static void test_big_items(void)
     lockstep_consumer cs[3] = {{big_consumer, &errors[0]}, {big_consumer, &errors[1]},
                                {big_consumer, &errors[2]}};
     big_source b = {0, 3000};
-    lockstep_options o = opts(33, NULL);
+    lockstep_options o = engine_opts(engine, 33, NULL);
     CHECK_EQ(lockstep_run(big_pull, &b, sizeof(big_item), cs, 3, &o), 0);
     CHECK_EQ(errors[0] + errors[1] + errors[2], 0);
 }
@@ -538,7 +546,7 @@ static void test_nesting(void)
                                {sum_max_consumer, &sc[2]}};
     counter_source src = counter(500);
     lockstep_report rep;
-    lockstep_options o = opts(16, &rep);
+    lockstep_options o = engine_opts(engine, 16, &rep);
     CHECK_EQ(lockstep_run(counter_pull, &src, 8, cs, 3, &o), 0);
     CHECK_EQ(sc[0].nest_rc, 1);
     CHECK_EQ(sc[1].nest_rc, 1);
@@ -594,7 +602,7 @@ static void test_pipeline(void)
         lockstep_consumer cs[3] = {{pipe_consumer, &ps[0]}, {sum_max_consumer, &plain},
                                    {pipe_consumer, &ps[1]}};
         counter_source src = counter(300);
-        lockstep_options o = opts(windows[k][0], NULL);
+        lockstep_options o = engine_opts(engine, windows[k][0], NULL);
         CHECK_EQ(lockstep_run(counter_pull, &src, 8, cs, 3, &o), 0);
         CHECK_EQ(plain.sum, 300 * 299 / 2);
         for (int j = 0; j < 2; j++) {
@@ -619,7 +627,7 @@ static void test_bad_input(void)
 {
     lockstep_consumer ok[1] = {{return_at_once, NULL}};
     lockstep_consumer null_fn[2] = {{return_at_once, NULL}, {NULL, NULL}};
-    lockstep_options o = opts(0, NULL);
+    lockstep_options o = engine_opts(engine, 0, NULL);
     CHECK_EQ(lockstep_run(NULL, NULL, 8, ok, 1, &o), LOCKSTEP_EINVAL);
     CHECK_EQ(lockstep_run(noop_pull, NULL, 0, ok, 1, &o), LOCKSTEP_EINVAL);
     CHECK_EQ(lockstep_run(noop_pull, NULL, 8, NULL, 1, &o), LOCKSTEP_EINVAL);
@@ -738,7 +746,7 @@ static void test_take_and_read(void)
     for (size_t w = 0; w < sizeof windows / sizeof windows[0]; w++) {
         for (int feed = FEED_RUN; feed <= FEED_READ; feed += FEED_READ - FEED_RUN) {
             lockstep_report rep;
-            lockstep_options o = opts(windows[w], &rep);
+            lockstep_options o = engine_opts(engine, windows[w], &rep);
             size_t bound = is_buffer ? 0 : windows[w]; /* buffer: the whole stream */
             span_check c[3] = {{bound, SIZE_MAX, 0, 0, 0},
                                {bound, 3, 0, 0, 0},
@@ -841,7 +849,7 @@ static void test_bytes_detach_and_bound(void)
         lockstep_consumer cs[3] = {{read_bytes, &r[0]}, {read_bytes, &r[1]}, {read_bytes, &r[2]}};
         byte_source b = {0, n, 0, 0};
         lockstep_report rep;
-        lockstep_options o = opts(windows[w], &rep);
+        lockstep_options o = engine_opts(engine, windows[w], &rep);
         CHECK_EQ(lockstep_run_read(byte_read, &b, 1, cs, 3, &o), 0);
         CHECK_EQ(r[0].count, 10);
         CHECK_EQ(r[1].count, n);
@@ -884,7 +892,7 @@ static int byte_stage_consumer(lockstep_iter *it, void *arg)
 {
     byte_stage *st = arg;
     lockstep_consumer cs[2] = {{read_bytes, &st->inner[0]}, {read_bytes, &st->inner[1]}};
-    lockstep_options o = opts(st->window, NULL);
+    lockstep_options o = engine_opts(engine, st->window, NULL);
     st->rc = lockstep_run_read(read_outer, it, 1, cs, 2, &o);
     return 0;
 }
@@ -898,7 +906,7 @@ static void test_read_pipeline(void)
         byte_reader plain = {3, UINT64_MAX, 0, 0};
         lockstep_consumer cs[2] = {{byte_stage_consumer, &st}, {read_bytes, &plain}};
         byte_source b = {0, n, 0, 0};
-        lockstep_options o = opts(windows[w][0], NULL);
+        lockstep_options o = engine_opts(engine, windows[w][0], NULL);
         CHECK_EQ(lockstep_run_read(byte_read, &b, 1, cs, 2, &o), 0);
         CHECK_EQ(st.rc, 0);
         CHECK_EQ(st.inner[0].count, n);
@@ -922,7 +930,7 @@ static void test_run_read_bad_input(void)
 {
     lockstep_consumer ok[1] = {{return_at_once, NULL}};
     lockstep_report rep;
-    lockstep_options o = opts(0, &rep);
+    lockstep_options o = engine_opts(engine, 0, &rep);
     CHECK_EQ(lockstep_run_read(NULL, NULL, 1, ok, 1, &o), LOCKSTEP_EINVAL);
     CHECK_EQ(rep.failed, LOCKSTEP_FAILED_LIBRARY);
     CHECK_EQ(lockstep_run_read(never_read, NULL, 0, ok, 1, &o), LOCKSTEP_EINVAL);
@@ -939,7 +947,7 @@ static void test_run_read_bad_input(void)
         byte_reader r[2] = {{5, UINT64_MAX, 0, 0}, {1, 20, 0, 0}};
         lockstep_consumer cs[2] = {{read_bytes, &r[0]}, {read_bytes, &r[1]}};
         byte_source b = {0, 1000, 0, LONG_MAX};
-        o = opts(windows[w], &rep);
+        o = engine_opts(engine, windows[w], &rep);
         CHECK_EQ(lockstep_run_read(byte_read, &b, 1, cs, 2, &o), LOCKSTEP_EINVAL);
         CHECK_EQ(rep.failed, LOCKSTEP_FAILED_SOURCE);
         CHECK_EQ(rep.position, b.produced);
@@ -973,12 +981,12 @@ static void test_default_window_by_item_size(void)
         size_t want = size < 8 ? budget : items < budget ? items : budget;
         lockstep_consumer none[1] = {{return_at_once, NULL}};
         lockstep_report rep;
-        lockstep_options o = opts(0, &rep);
+        lockstep_options o = engine_opts(engine, 0, &rep);
         CHECK_EQ(lockstep_run_read(never_read, NULL, size, none, 1, &o), 0);
         CHECK_EQ(rep.window, want);
     }
     lockstep_report rep;
-    lockstep_options o = opts(0, &rep);
+    lockstep_options o = engine_opts(engine, 0, &rep);
     lockstep_consumer none[1] = {{return_at_once, NULL}};
     CHECK_EQ(lockstep_run_read(never_read, NULL, 1, none, 1, &o), 0);
     CHECK_EQ(rep.window, thread ? (size_t)1 << 20 : (size_t)64 << 10);
@@ -1021,7 +1029,7 @@ static void test_misuse(void)
     lockstep_consumer cs[2] = {{stash_iter, NULL}, {use_stolen, &got_null}};
     counter_source src = counter(10);
     lockstep_report rep;
-    lockstep_options o = opts(4, &rep);
+    lockstep_options o = engine_opts(engine, 4, &rep);
     CHECK_EQ(lockstep_run(counter_pull, &src, 8, cs, 2, &o), LOCKSTEP_EPERM);
     CHECK(got_null);
     CHECK_EQ(rep.failed, LOCKSTEP_FAILED_LIBRARY);
@@ -1054,7 +1062,7 @@ static void test_push(void)
     script_init(&sc[1], STOP_AT, 12, 0);
     lockstep_consumer cs[2] = {{sum_max_consumer, &sc[0]}, {sum_max_consumer, &sc[1]}};
     lockstep_report rep;
-    lockstep_options o = opts(4, &rep);
+    lockstep_options o = engine_opts(engine, 4, &rep);
     lockstep_stream *s;
     CHECK_EQ(lockstep_open(&s, sizeof(int64_t), cs, 2, &o), 0);
     long live = lockstep_live(s);
@@ -1140,7 +1148,7 @@ static void test_drop_items(void)
         atomic_store(&early_drops, 0);
         uint64_t all = UINT64_MAX, some = 1234;
         lockstep_consumer cs[2] = {{check_not_dropped, &all}, {check_not_dropped, &some}};
-        lockstep_options o = opts(windows[w], NULL);
+        lockstep_options o = engine_opts(engine, windows[w], NULL);
         lockstep_stream *s;
         CHECK_EQ(lockstep_open(&s, sizeof(int64_t), cs, 2, &o), 0);
         s->drop_items = count_drops;
@@ -1270,7 +1278,7 @@ static void test_scale(void)
         cs[i].arg = &items;
     }
     counter_source src = counter(items);
-    lockstep_options o = opts(0, NULL);
+    lockstep_options o = engine_opts(engine, 0, NULL);
     o.stack_size = 64 * 1024;
     CHECK_EQ(lockstep_run(counter_pull, &src, sizeof(int64_t), cs, consumers, &o), 0);
     CHECK_EQ(src.pulls, items);
@@ -1292,7 +1300,7 @@ static void test_allocation_failure(void)
                                        {sum_max_consumer, &sc[1]},
                                        {sum_max_consumer, &sc[2]}};
             counter_source src = counter(200);
-            lockstep_options o = opts(8, NULL);
+            lockstep_options o = engine_opts(engine, 8, NULL);
             lockstep__fault_arm(kind, nth);
             int rc = lockstep_run(counter_pull, &src, sizeof(int64_t), cs, 3, &o);
             long seen = lockstep__fault_arm(kind, 0);
@@ -1389,7 +1397,7 @@ static void test_detach(void)
         lockstep_consumer cs[2] = {{detach_consumer, &d}, {flagged_read, &f}};
         byte_source b = {0, n, 0, 0};
         lockstep_report rep;
-        lockstep_options o = opts(windows[w], &rep);
+        lockstep_options o = engine_opts(engine, windows[w], &rep);
         CHECK_EQ(lockstep_run_read(byte_read, &b, 1, cs, 2, &o), 0);
         CHECK_EQ(d.count, 10);
         CHECK(d.after_ok);
@@ -1426,6 +1434,25 @@ static void test_detach(void)
         CHECK_EQ(rep.position, n);
         CHECK_EQ(d.count, n);
         CHECK(d.after_ok);
+        /* Both fail at n; the one that detached after seeing the end loses
+         * to the one that stopped at n without asking for more, whatever
+         * their indices, as when both return there.  (Where the other
+         * fails first, on the fiber engine, it cancels the detacher.) */
+        other_done = 0;
+        d = (detacher){0, -5, 1, NULL, NULL, 0, 0};
+        f = (flagged_reader){{7, n, 0, 0}, &other_done, -6};
+        b = (byte_source){0, n, 0, 0};
+        CHECK_EQ(lockstep_run_read(byte_read, &b, 1, cs, 2, &o), -6);
+        CHECK_EQ(rep.failed, 1);
+        CHECK_EQ(rep.position, n);
+        other_done = 0;
+        d = (detacher){n, -5, 0, NULL, NULL, 0, 0};
+        f = (flagged_reader){{7, UINT64_MAX, 0, 0}, &other_done, -6};
+        b = (byte_source){0, n, 0, 0};
+        CHECK_EQ(lockstep_run_read(byte_read, &b, 1, swapped, 2, &o), -5);
+        CHECK_EQ(rep.failed, 1);
+        CHECK_EQ(rep.position, n);
+        CHECK(d.after_ok);
 
         if (is_buffer)
             continue;
@@ -1451,7 +1478,7 @@ int main(int argc, char **argv)
     is_buffer = engine == LOCKSTEP_ENGINE_BUFFER;
     if (!lockstep_engine_available(engine)) {
         lockstep_consumer ok[1] = {{return_at_once, NULL}};
-        lockstep_options o = opts(0, NULL);
+        lockstep_options o = engine_opts(engine, 0, NULL);
         CHECK_EQ(lockstep_run(noop_pull, NULL, 8, ok, 1, &o), LOCKSTEP_ENOTSUP);
         printf("engine %s is not available in this build: checked ENOTSUP only\n", name);
         return CHECK_SUMMARY("conformance");

@@ -36,16 +36,17 @@ static int mode_is(int mode)
 typedef struct {
     int64_t next, limit;
     int expect;        /* the mode every call must see */
-    int set_at_first;  /* if not -1: set this mode on the first call, then expect it */
+    int set_mode;      /* if not -1: set this mode on the call for item set_at, then expect it */
+    int64_t set_at;
     long wrong;        /* calls that saw another mode */
 } checking_source;
 
 static int checking_pull(void *arg, void *item)
 {
     checking_source *src = arg;
-    if (src->next == 0 && src->set_at_first != -1) {
-        fesetround(src->set_at_first);
-        src->expect = src->set_at_first;
+    if (src->next == src->set_at && src->set_mode != -1) {
+        fesetround(src->set_mode);
+        src->expect = src->set_mode;
     }
     if (!mode_is(src->expect))
         src->wrong++;
@@ -86,11 +87,6 @@ static int checking_fn(lockstep_iter *it, void *arg)
     return 0;
 }
 
-static lockstep_options opts(size_t window)
-{
-    return engine_opts(engine, window, NULL);
-}
-
 /* ------------------------------------------------------------------------
  * The tests.
  * ------------------------------------------------------------------------ */
@@ -100,14 +96,14 @@ static lockstep_options opts(size_t window)
 static void test_consumer_changes_stay_own(int caller_mode, size_t window)
 {
     fesetround(caller_mode);
-    checking_source src = {0, N_ITEMS, caller_mode, -1, 0};
+    checking_source src = {0, N_ITEMS, caller_mode, -1, 0, 0};
     checking_consumer cs[3] = {
         {caller_mode, 0, FE_UPWARD, 0, 0},          /* changes at once */
         {caller_mode, -1, 0, 0, 0},                 /* never changes */
         {caller_mode, 5, FE_TOWARDZERO, 0, 0},      /* changes midway */
     };
     lockstep_consumer list[3] = {{checking_fn, &cs[0]}, {checking_fn, &cs[1]}, {checking_fn, &cs[2]}};
-    lockstep_options o = opts(window);
+    lockstep_options o = engine_opts(engine, window, NULL);
     CHECK_EQ(lockstep_run(checking_pull, &src, sizeof(int64_t), list, 3, &o), 0);
     CHECK_EQ(src.wrong, 0);
     for (int i = 0; i < 3; i++) {
@@ -118,17 +114,19 @@ static void test_consumer_changes_stay_own(int caller_mode, size_t window)
     fesetround(FE_TONEAREST);
 }
 
-/* The source changes its own mode on its first call: it keeps it on every
- * later call from whatever stack, the consumers (started at open) do not
- * see it, and the caller has it after the run, as if it had called the
- * source itself. */
-static void test_source_change_is_callers(size_t window)
+/* The source changes its own mode on the call for item set_at: it keeps
+ * it on every later call from whatever stack, the consumers (started at
+ * open) do not see it, and the caller has it after the run, as if it had
+ * called the source itself.  At item 0 the producer makes the call; at
+ * item N_ITEMS / 2 a consumer's context does on the fiber engine (the
+ * window is refilled by the consumer that ends a round). */
+static void test_source_change_is_callers(size_t window, int64_t set_at)
 {
     fesetround(FE_TONEAREST);
-    checking_source src = {0, N_ITEMS, FE_TONEAREST, FE_DOWNWARD, 0};
+    checking_source src = {0, N_ITEMS, FE_TONEAREST, FE_DOWNWARD, set_at, 0};
     checking_consumer cs[2] = {{FE_TONEAREST, -1, 0, 0, 0}, {FE_TONEAREST, 3, FE_UPWARD, 0, 0}};
     lockstep_consumer list[2] = {{checking_fn, &cs[0]}, {checking_fn, &cs[1]}};
-    lockstep_options o = opts(window);
+    lockstep_options o = engine_opts(engine, window, NULL);
     CHECK_EQ(lockstep_run(checking_pull, &src, sizeof(int64_t), list, 2, &o), 0);
     CHECK_EQ(src.wrong, 0);
     CHECK_EQ(cs[0].wrong, 0);
@@ -145,7 +143,7 @@ static void test_push(size_t window)
     fesetround(FE_UPWARD);
     checking_consumer cs[2] = {{FE_UPWARD, -1, 0, 0, 0}, {FE_UPWARD, 2, FE_DOWNWARD, 0, 0}};
     lockstep_consumer list[2] = {{checking_fn, &cs[0]}, {checking_fn, &cs[1]}};
-    lockstep_options o = opts(window);
+    lockstep_options o = engine_opts(engine, window, NULL);
     lockstep_stream *s;
     CHECK_EQ(lockstep_open(&s, sizeof(int64_t), list, 2, &o), 0);
     if (s == NULL)
@@ -168,22 +166,19 @@ static void test_push(size_t window)
 
 int main(int argc, char **argv)
 {
-    if (!engine_arg(argc, argv, &engine))
-        return 2;
-    const char *name = lockstep_engine_name(engine);
-    if (!lockstep_engine_available(engine)) {
-        printf("engine %s is not available in this build\n", name);
-        return 0;
-    }
+    int status;
+    if (!engine_test_begin(argc, argv, &engine, &status))
+        return status;
     CHECK(mode_is(FE_TONEAREST));
     const size_t windows[] = {1, 2, 0}; /* 0: the engine's default */
     for (size_t w = 0; w < sizeof windows / sizeof windows[0]; w++) {
         test_consumer_changes_stay_own(FE_TONEAREST, windows[w]);
         test_consumer_changes_stay_own(FE_DOWNWARD, windows[w]);
-        test_source_change_is_callers(windows[w]);
+        test_source_change_is_callers(windows[w], 0);
+        test_source_change_is_callers(windows[w], N_ITEMS / 2);
         test_push(windows[w]);
     }
     char label[64];
-    snprintf(label, sizeof label, "fenv[%s]", name);
+    snprintf(label, sizeof label, "fenv[%s]", lockstep_engine_name(engine));
     return CHECK_SUMMARY(label);
 }
