@@ -15,7 +15,8 @@ partitions' results.  This file holds:
 - make_logs, start_cluster, compute, compute_here: generate the input, start
   a LocalCluster, run the computation on it or on this process alone;
 - main: prints the results; --heavy adds CPU-heavy consumers and --compare
-  times one process against LocalClusters of 1 and 2 worker processes.
+  times one process against LocalClusters of 1 and 2 worker processes, and
+  prints how many partitions each worker ran in each round.
 
 Run it from the source tree after `make python` (it then uses python/lockstep
 and hands that directory to the worker processes), or anywhere lockstep is
@@ -318,6 +319,25 @@ def cpu_seconds(client=None):
     return list(client.run(lambda: sum(os.times()[:2])).values())
 
 
+def partitions_per_worker(task_stream, workers):
+    """How many partitions each of `workers` workers ran, from the records of
+    distributed.get_task_stream, as a list from the most to the fewest (0 for
+    a worker that ran none).  A
+    partition's tasks are named after the reduction's per-partition step
+    ('lockstep-part'): the reading fused with lockstep.run, and a trivial
+    alias of its result, which may run elsewhere; the partition counts for
+    the worker that spent the longest computing one of them."""
+    import ast
+    longest = {}  # partition number -> (seconds computing, worker)
+    for task in task_stream:
+        key = ast.literal_eval(task["key"]) if task["key"].startswith("(") else task["key"]
+        if isinstance(key, tuple) and "lockstep-part" in key[0]:
+            seconds = sum(s["stop"] - s["start"] for s in task["startstops"] if s["action"] == "compute")
+            longest[key[1]] = max(longest.get(key[1], (-1, None)), (seconds, task["worker"]))
+    ran = sorted(collections.Counter(worker for _, worker in longest.values()).values(), reverse=True)
+    return ran + [0] * (workers - len(ran))
+
+
 def compare(paths, aggs, engine, repeat):
     """Time one process against LocalClusters of 1 and 2 worker processes on
     the same files, and check that all three give the same tuple.  Both
@@ -325,9 +345,18 @@ def compare(paths, aggs, engine, repeat):
     ways one after the other, so that a change of load on a shared machine
     hits them alike; the speed-ups are medians of each round's ratios.
 
-    The CPU time of the computing processes (this one, or the workers) does
-    not depend on the load: the busiest one's bounds the wall time on an
-    idle machine, so one process's CPU over it bounds the speed-up."""
+    The CPU time of the computing processes (this one, or the workers)
+    depends less on the load than wall time does: the busiest one's bounds
+    the wall time on an idle machine, so one process's CPU over it bounds the
+    speed-up.  Less, not nothing: on a shared machine one partition's CPU time
+    varied 0.16-0.33 s between equal partitions in one round, so a 4+4 split
+    of equal partitions still showed the busiest worker at 50-58% of the CPU.
+    The other cause of an uneven split is the scheduler: it hands the next
+    partition to whichever worker is free, and a worker the machine's other
+    load holds back ends a round with fewer of them (5+3, 6+2 of 8 seen).
+    That is why each round's split is printed."""
+    from distributed import get_task_stream
+
     t0 = time.perf_counter()
     with start_cluster(1) as one, start_cluster(2) as two:
         started = time.perf_counter() - t0
@@ -337,25 +366,37 @@ def compare(paths, aggs, engine, repeat):
             ways.append((name, client, functools.partial(compute, client, paths, aggs, engine)))
         print(f"\n{len(paths)} files, {repeat} rounds (the two clusters started in {started:.1f} s), "
               f"load average {os.getloadavg()[0]:.1f}:")
-        wall, cpu, busiest = ([[] for _ in ways] for _ in range(3))
+        wall, cpu, busiest, splits = ([[] for _ in ways] for _ in range(4))
         for _ in range(repeat):
             results = []
-            for (_, client, fn), w, c, b in zip(ways, wall, cpu, busiest):
+            for (_, client, fn), w, c, b, sp in zip(ways, wall, cpu, busiest, splits):
+                # The task stream records which worker ran each task; it is
+                # collected on the scheduler, outside the workers' CPU time.
+                stream = get_task_stream(client) if client else contextlib.nullcontext()
                 c0, t0 = cpu_seconds(client), time.perf_counter()
-                results.append(fn())
+                with stream:
+                    results.append(fn())
                 w.append(time.perf_counter() - t0)
                 used = [after - before for before, after in zip(c0, cpu_seconds(client))]
                 c.append(sum(used))
                 b.append(max(used))
+                if client:
+                    sp.append(partitions_per_worker(stream.data, len(used)))
             if any(r != results[0] for r in results):
                 raise AssertionError("the clusters disagree with one process")
     one_cpu = statistics.median(cpu[0])
-    for (name, _, _), w, c, b in zip(ways, wall, cpu, busiest):
+    for (name, _, _), w, c, b, sp in zip(ways, wall, cpu, busiest, splits):
         speedup = statistics.median(a / z for a, z in zip(wall[0], w))
         print(f"  {name:42} wall median {statistics.median(w):6.2f} s [{min(w):.2f}-{max(w):.2f}]"
               f"  speed-up {speedup:4.2f}x")
         print(f"  {'':42} CPU {statistics.median(c):5.2f} s, busiest process "
               f"{statistics.median(b):5.2f} s: speed-up at most {one_cpu / statistics.median(b):4.2f}x")
+        if sp:  # a cluster
+            shares = [x / y for x, y in zip(b, c)]
+            share = (f"; busiest's share of the CPU {min(shares):.0%}-{max(shares):.0%}"
+                     if min(shares) < 1 else "")  # one worker: always all of it
+            print(f"  {'':42} partitions per worker by round: "
+                  f"{', '.join('+'.join(map(str, s)) for s in sp)}{share}")
     print(f"  load average afterwards {os.getloadavg()[0]:.1f}")
 
 
