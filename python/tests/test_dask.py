@@ -5,10 +5,12 @@ files, lockstep.run per partition, the partitions' results combined) and
 checks that it equals one lockstep.run over all the files concatenated, in
 this process: per engine, with one partition per file (streamed) and with
 byte-range partitions (more partitions than dask's split_every, so the
-combines also run on combined results).  The cluster is started once for the
-module; its workers import this lockstep and the example by name (worker
-processes start with this process's sys.path: multiprocessing's spawn hands
-it over), and closing it must leave none of their processes behind.
+combines also run on combined results); and that the split --compare prints
+(partitions per worker, from the task stream) counts each partition once.
+The cluster is started once for the module; its workers import this
+lockstep and the example by name (worker processes start with this
+process's sys.path: multiprocessing's spawn hands it over), and closing it
+must leave none of their processes behind.
 
 The engine is passed to the workers explicitly: LOCKSTEP_NO_GREENLET blocks
 greenlet in this process only, and ENGINES (what this process can run) picks
@@ -121,6 +123,16 @@ def test_cluster_equals_one_pass(client, logs, engine):
     r = dict(zip(aggs, combined))
     assert r["lines"] == FILES * LINES
     assert len(r["slowest"]) == ex.TOP
+
+
+def test_partitions_per_worker_counts_each_partition_once(client, logs):
+    """--compare's split, read from the task stream: every partition counted
+    once, on one of the 2 workers, whichever ran it."""
+    aggs = ex.aggregates()
+    with distributed.get_task_stream(client) as stream:
+        ex.compute(client, logs, aggs)
+    split = ex.partitions_per_worker(stream.data, 2)
+    assert len(split) == 2 and sum(split) == FILES, split
 
 
 def test_byte_range_partitions(client, logs):
