@@ -59,7 +59,8 @@
 /* greenlet.h is included by greenlet_engine.c and async_driver.c alone: it
  * gives every file that includes it a private copy of greenlet's C API
  * pointer, which only that file fills in (pyls_greenlet_load;
- * async_driver.c's greenlet_usable).  The other files ask through pyls_greenlet_current. */
+ * async_driver.c's greenlet_usable).  The other files ask through
+ * pyls_greenlet_current. */
 #ifndef LOCKSTEP_HAVE_GREENLET
 #  define LOCKSTEP_HAVE_GREENLET 0
 #endif
@@ -79,7 +80,8 @@
  * KiB 0.297).  thread: 1 MiB, a ring of four 256 KiB segments, so that each
  * such read takes one segment while the source reads ahead: at 256 KiB
  * (64 KiB segments) one read needed the whole ring and the threads took
- * turns (thread 1.0x as fast as greenlet; 1 MiB 1.6-1.8x, 4 MiB no better). */
+ * turns (thread 0.87-1.1x as fast as greenlet; 1 MiB 1.6-1.8x, 4 MiB no
+ * better). */
 #define PYLOCKSTEP_BYTES_WINDOW_GREENLET LOCKSTEP_DEFAULT_WINDOW_BYTES
 #define PYLOCKSTEP_BYTES_WINDOW_THREAD LOCKSTEP_DEFAULT_THREAD_WINDOW_BYTES
 #define PYLOCKSTEP_BYTES_WINDOW_BUFFER LOCKSTEP_DEFAULT_WINDOW_BYTES

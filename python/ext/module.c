@@ -1,10 +1,10 @@
 /*
  * module.c: the module lockstep._lockstep itself: its definition and
  * state (the Iterator, Stream and AsyncIterator types, the greenlet
- * marker), engines(), arun() (defined in async_driver.c),
- * the constants (DEFAULT_WINDOW, DEFAULT_WINDOWS, DEFAULT_BYTES_WINDOW,
- * DEFAULT_BYTES_WINDOWS, MAX_WINDOW, core_version, HAVE_GREENLET_ENGINE) and PyInit__lockstep, the one
- * exported symbol.  run() lives in run.c, the types in iterator.c and
+ * marker), engines(), arun() (defined in async_driver.c), the constants
+ * (DEFAULT_WINDOW, DEFAULT_WINDOWS, DEFAULT_BYTES_WINDOW,
+ * DEFAULT_BYTES_WINDOWS, MAX_WINDOW, core_version, HAVE_GREENLET_ENGINE)
+ * and PyInit__lockstep, the one exported symbol.  run() lives in run.c, the types in iterator.c and
  * stream.c.
  */
 #include "binding.h"

@@ -508,11 +508,11 @@ def test_reader_after_its_consumer_returned_raises(engine):
         f.read()
     with pytest.raises(RuntimeError):
         f.readline()
-    for misuse in (lambda: f.readinto(bytearray()), lambda: f.read(0), lambda: f.readinto1(b""),
-                   lambda: f.peek(), lambda: f.read1(0), lambda: f.readable()):
-        with pytest.raises((RuntimeError, TypeError)) as e:
+    for misuse in (lambda: f.readinto(bytearray()), lambda: f.read(0),
+                   lambda: f.readinto1(bytearray()), lambda: f.peek(), lambda: f.read1(0),
+                   lambda: f.readable()):
+        with pytest.raises(RuntimeError):
             misuse()
-        assert e.type is RuntimeError or "readinto1" in str(e.value)
 
 
 def test_reader_misuse_of_an_open_reader_raises_even_for_empty_reads(engine):
